@@ -1,0 +1,13 @@
+"""adasam_hf: SAM and AdaSAM for the HuggingFace Trainer."""
+
+from .optim import SAM, AdaSAM, SharpnessAware, create_optimizer, list_optimizers
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SAM",
+    "AdaSAM",
+    "SharpnessAware",
+    "create_optimizer",
+    "list_optimizers",
+]

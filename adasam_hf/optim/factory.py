@@ -1,0 +1,145 @@
+"""Optimizers by name: one registry, `create_optimizer`, `list_optimizers`.
+
+Every name takes the same hyperparameter vocabulary (torch's names, plus `rho` and `adaptive`),
+so a caller such as `SAMTrainer` can pass one set of values whatever the name. Each entry uses
+the ones that mean something for it; the others are validated and ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .adasam import AdaSAM, check_adam_hparams
+from .sam import SAM
+from .sharpness import SharpnessAware, check_rho
+
+HPARAMS = ("lr", "betas", "eps", "weight_decay", "momentum", "rho", "adaptive")
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    name: str
+    build: Callable[..., torch.optim.Optimizer]
+    uses: tuple[str, ...]  # the hyperparameters `build` takes
+    description: str
+    defaults: dict = field(default_factory=dict)
+    sharpness_aware: bool = False
+
+
+_REGISTRY: dict[str, OptimizerSpec] = {}
+
+
+def register_optimizer(spec: OptimizerSpec) -> None:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"optimizer {spec.name!r} is already registered")
+    unknown = set(spec.uses) - set(HPARAMS)
+    if unknown:
+        raise ValueError(f"{spec.name}: unknown hyperparameters {sorted(unknown)}; known: {list(HPARAMS)}")
+    _REGISTRY[spec.name] = spec
+
+
+def list_optimizers() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_optimizer_spec(name: str) -> OptimizerSpec:
+    key = name.lower() if isinstance(name, str) else name
+    if key not in _REGISTRY:
+        raise ValueError(f"Unknown optimizer: {name!r} (choose from: {', '.join(list_optimizers())})")
+    return _REGISTRY[key]
+
+
+def create_optimizer(name: str, params, **hparams) -> torch.optim.Optimizer:
+    """Build optimizer `name` over `params` (tensors or param groups).
+
+    `hparams` may hold any of lr, betas, eps, weight_decay, momentum, rho, adaptive; values a
+    name does not use are checked and ignored. Missing values take the entry's defaults,
+    then the class's own.
+    """
+    spec = get_optimizer_spec(name)
+    unknown = set(hparams) - set(HPARAMS)
+    if unknown:
+        raise ValueError(
+            f"Unknown hyperparameter(s) {sorted(unknown)} for optimizer {spec.name!r} "
+            f"(valid: {', '.join(HPARAMS)})"
+        )
+    values = {**spec.defaults, **{k: v for k, v in hparams.items() if v is not None}}
+    _validate(values, sharpness_aware=spec.sharpness_aware)
+    return spec.build(params, **{k: v for k, v in values.items() if k in spec.uses})
+
+
+def _validate(values: dict, *, sharpness_aware: bool) -> None:
+    check_adam_hparams(
+        lr=values.get("lr", 0.0),
+        betas=tuple(values.get("betas", (0.0, 0.0))),
+        eps=values.get("eps", 1.0),
+        weight_decay=values.get("weight_decay", 0.0),
+    )
+    momentum = values.get("momentum", 0.0)
+    if not (isinstance(momentum, (int, float)) and 0.0 <= momentum < 1.0):
+        raise ValueError(f"Invalid momentum: {momentum!r} (must be in [0, 1))")
+    if sharpness_aware and "rho" in values:
+        check_rho(values["rho"])
+
+
+def is_sharpness_aware(optimizer: torch.optim.Optimizer) -> bool:
+    return isinstance(optimizer, SharpnessAware)
+
+
+def _register_builtin() -> None:
+    sgd_uses = ("lr", "momentum", "weight_decay")
+    adam_uses = ("lr", "betas", "eps", "weight_decay")
+    sam_uses = ("rho", "adaptive")
+
+    register_optimizer(OptimizerSpec(
+        "sgd", torch.optim.SGD, sgd_uses, "SGD with momentum (0.9 unless given)",
+        defaults={"momentum": 0.9},
+    ))
+    register_optimizer(OptimizerSpec(
+        "adamw", torch.optim.AdamW, adam_uses, "AdamW (torch; fused where available)",
+    ))
+    register_optimizer(OptimizerSpec(
+        "amsgrad",
+        lambda params, **kw: torch.optim.AdamW(params, amsgrad=True, **kw),
+        adam_uses,
+        "the paper's AMSGrad baseline: AdamW(amsgrad=True), weight decay 0 unless given",
+        defaults={"weight_decay": 0.0},
+    ))
+    register_optimizer(OptimizerSpec(
+        "sam",
+        lambda params, **kw: SAM(params, torch.optim.SGD, **kw),
+        sgd_uses + sam_uses,
+        "SAM over SGD with momentum (0.9 unless given)",
+        defaults={"momentum": 0.9},
+        sharpness_aware=True,
+    ))
+    register_optimizer(OptimizerSpec(
+        "asam",
+        lambda params, **kw: SAM(params, torch.optim.SGD, **kw),
+        sgd_uses + sam_uses,
+        "adaptive SAM (Kwon et al., 2021) over SGD with momentum",
+        defaults={"momentum": 0.9, "adaptive": True},
+        sharpness_aware=True,
+    ))
+    register_optimizer(OptimizerSpec(
+        "sam-adamw",
+        lambda params, **kw: SAM(params, torch.optim.AdamW, **kw),
+        adam_uses + sam_uses,
+        "SAM over AdamW",
+        sharpness_aware=True,
+    ))
+    register_optimizer(OptimizerSpec(
+        "adasam", AdaSAM, adam_uses + sam_uses, "AdaSAM, Algorithm 1 of Sun et al. (2023)",
+        sharpness_aware=True,
+    ))
+    register_optimizer(OptimizerSpec(
+        "adasam-adaptive", AdaSAM, adam_uses + sam_uses, "AdaSAM with the ASAM ascent",
+        defaults={"adaptive": True},
+        sharpness_aware=True,
+    ))
+
+
+_register_builtin()
