@@ -60,6 +60,16 @@ def create_optimizer(name: str, params, **hparams) -> torch.optim.Optimizer:
     then the class's own.
     """
     spec = get_optimizer_spec(name)
+    values = validate_hparams(spec.name, **hparams)
+    return spec.build(params, **{k: v for k, v in values.items() if k in spec.uses})
+
+
+def validate_hparams(name: str, **hparams) -> dict:
+    """Check `hparams` for optimizer `name`; return them merged over the entry's defaults.
+
+    None values mean "not given". Raises ValueError naming the bad value and the valid range.
+    """
+    spec = get_optimizer_spec(name)
     unknown = set(hparams) - set(HPARAMS)
     if unknown:
         raise ValueError(
@@ -67,11 +77,6 @@ def create_optimizer(name: str, params, **hparams) -> torch.optim.Optimizer:
             f"(valid: {', '.join(HPARAMS)})"
         )
     values = {**spec.defaults, **{k: v for k, v in hparams.items() if v is not None}}
-    _validate(values, sharpness_aware=spec.sharpness_aware)
-    return spec.build(params, **{k: v for k, v in values.items() if k in spec.uses})
-
-
-def _validate(values: dict, *, sharpness_aware: bool) -> None:
     check_adam_hparams(
         lr=values.get("lr", 0.0),
         betas=tuple(values.get("betas", (0.0, 0.0))),
@@ -81,8 +86,9 @@ def _validate(values: dict, *, sharpness_aware: bool) -> None:
     momentum = values.get("momentum", 0.0)
     if not (isinstance(momentum, (int, float)) and 0.0 <= momentum < 1.0):
         raise ValueError(f"Invalid momentum: {momentum!r} (must be in [0, 1))")
-    if sharpness_aware and "rho" in values:
+    if spec.sharpness_aware and "rho" in values:
         check_rho(values["rho"])
+    return values
 
 
 def is_sharpness_aware(optimizer: torch.optim.Optimizer) -> bool:

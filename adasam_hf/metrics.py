@@ -1,0 +1,69 @@
+"""GLUE metrics for the HF Trainer, computed with scikit-learn and SciPy.
+
+Key names and definitions follow ``evaluate``'s GLUE metric, so numbers compare directly with run_glue and
+published tables, without loading ``evaluate`` scripts (which may need the Hub). Which metrics a task reports is
+read from ``data.GLUE_TASKS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+from .data import GlueTask, get_task
+
+__all__ = ["build_compute_metrics", "compute_glue_metrics"]
+
+# name -> fn(predictions, labels); F1 is binary with class 1 positive (equivalent / duplicate), as in evaluate.
+_METRIC_FNS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "accuracy": lambda p, y: accuracy_score(y, p),
+    "f1": lambda p, y: f1_score(y, p),
+    "matthews_correlation": lambda p, y: matthews_corrcoef(y, p),
+    "pearson": lambda p, y: pearsonr(p, y)[0],
+    "spearmanr": lambda p, y: spearmanr(p, y)[0],
+}
+
+
+def compute_glue_metrics(task: str | GlueTask, predictions, labels) -> dict[str, float]:
+    """Score predictions (class ids, or floats for stsb) against labels with the task's GLUE metrics.
+
+    Returns plain Python floats so the result logs and serializes as JSON without NumPy types.
+    """
+    task = get_task(task)
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    if not task.is_regression and not np.array_equal(predictions, np.round(predictions)):
+        # Guards against passing logits or probabilities, which a cast to int would silently truncate.
+        raise ValueError(f"{task.name} predictions must be class ids; take the argmax of the logits first")
+    dtype = np.float64 if task.is_regression else np.int64
+    predictions, labels = predictions.astype(dtype, copy=False), labels.astype(dtype, copy=False)
+    if predictions.ndim != 1 or predictions.shape != labels.shape or predictions.size == 0:
+        raise ValueError(
+            f"predictions and labels must be non-empty 1-D arrays of equal length, "
+            f"got shapes {predictions.shape} and {labels.shape}"
+        )
+    return {name: float(_METRIC_FNS[name](predictions, labels)) for name in task.metric_names}
+
+
+def build_compute_metrics(task: str | GlueTask) -> Callable[..., dict[str, float]]:
+    """Return a ``compute_metrics`` for ``Trainer``: logits -> predictions -> ``compute_glue_metrics``.
+
+    The task is resolved now, so a bad name fails when the Trainer is built, not after the first evaluation.
+    """
+    task = get_task(task)
+
+    def compute_metrics(eval_pred) -> dict[str, float]:
+        logits = eval_pred.predictions
+        # Models asked for hidden states or attentions return a tuple; the logits come first.
+        if isinstance(logits, tuple):
+            logits = logits[0]
+        logits = np.asarray(logits)
+        if task.is_regression:
+            predictions = logits.squeeze(-1) if logits.ndim == 2 and logits.shape[-1] == 1 else logits
+        else:
+            predictions = logits.argmax(axis=-1)
+        return compute_glue_metrics(task, predictions, eval_pred.label_ids)
+
+    return compute_metrics
