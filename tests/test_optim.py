@@ -346,3 +346,12 @@ def test_factory_builds_what_the_table_says():
     assert isinstance(kinds["sam-adamw"].base_optimizer, torch.optim.AdamW)
     assert type(kinds["adasam"]) is AdaSAM and not kinds["adasam"].defaults["adaptive"]
     assert kinds["adasam-adaptive"].defaults["adaptive"]
+
+
+def test_step_while_perturbed_is_an_error():
+    params = [torch.nn.Parameter(torch.randn(3))]
+    opt = AdaSAM(params)
+    params[0].grad = torch.ones(3)
+    opt.perturb()
+    with pytest.raises(RuntimeError, match="restore"):
+        opt.step()

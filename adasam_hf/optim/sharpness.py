@@ -131,6 +131,8 @@ class SharpnessAware(Optimizer):
         the loss, call backward and return the loss; it runs at w, then at w + e(w).
         Returns the loss at w.
         """
+        if closure is None and self._perturbed is not None:
+            raise RuntimeError("step() while perturbed: call restore() first")
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -1,0 +1,188 @@
+"""`SAMTrainer`: the exact SAM / AdaSAM two-pass step inside the HuggingFace Trainer.
+
+One optimizer step over a gradient-accumulation window of k micro-batches (on every rank):
+
+1. first pass: the Trainer's usual forward/backward on each micro-batch; the gradients
+   accumulate over the window (and, with ``sam_ascent="global"``, are all-reduced on the last
+   micro-batch), so the ascent uses the gradient of the whole (global) batch;
+2. `perturb()` on the last micro-batch: w <- w + e(w);
+3. second pass: every micro-batch of the window replayed at w + e(w), the last one synced;
+4. `restore()`, still inside `training_step`, so the weights are never left perturbed;
+5. the Trainer's loop then clips, calls `optimizer.step()` (which a GradScaler may skip) and
+   zeroes the gradients, as usual.
+
+The step is therefore the big-batch SAM step on the k micro-batches together, whatever the
+split into micro-batches and processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from transformers import Trainer
+
+from .optim.factory import create_optimizer
+from .optim.sharpness import SharpnessAware
+from .training_args import SAMTrainingArguments
+
+
+class SAMTrainer(Trainer):
+    """A `Trainer` that runs the SAM two-pass step when its optimizer is `SAM` or `AdaSAM`.
+
+    The optimizer comes from `SAMTrainingArguments` (`optimizer`, `sam_rho`, ...) or from the
+    standard ``optimizers=(optimizer, scheduler)`` argument. With a non-SAM optimizer the step
+    is the Trainer's own, with one fix that applies to every optimizer: see
+    `_normalize_num_items`.
+
+    Logged with the Trainer's loss (TensorBoard, progress bar): ``sam_ascent_grad_norm``, the
+    unscaled norm of the ascent gradient, and ``sam_perturbed_loss``, the loss at w + e(w).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            if self.optimizer is None or isinstance(_unwrap(self.optimizer), SharpnessAware):
+                raise ValueError(
+                    "SAMTrainer supports one device or DDP (torchrun / accelerate launch); "
+                    f"{'FSDP' if self.is_fsdp_enabled else 'DeepSpeed'} is not supported"
+                )
+        self._window: list[dict] = []
+        self._loss_uses_num_items: bool | None = None
+        self._sam_stats: torch.Tensor | None = None  # running sums: ascent norm, perturbed loss
+        self._sam_steps = 0
+
+    # --- optimizer ----------------------------------------------------------------------
+
+    def create_optimizer(self, model=None):
+        """Build the optimizer named by `args.optimizer` with the Trainer's decay groups.
+
+        Written out (not via `optimizer_cls_and_kwargs`) because the Trainer treats anything
+        that is not an Optimizer class as a whole-model factory.
+        """
+        if self.optimizer is not None:
+            return self.optimizer
+        if not isinstance(self.args, SAMTrainingArguments):
+            return super().create_optimizer(model)
+        model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(model))
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for n, p in named if n in decay], "weight_decay": self.args.weight_decay},
+            {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0},
+        ]
+        self.optimizer = create_optimizer(self.args.optimizer, groups, **self.args.optimizer_hparams())
+        return self.optimizer
+
+    @property
+    def sam_optimizer(self) -> SharpnessAware | None:
+        """The SAM-family optimizer under accelerate's wrapper, or None."""
+        inner = _unwrap(self.optimizer)
+        return inner if isinstance(inner, SharpnessAware) else None
+
+    # --- the step -----------------------------------------------------------------------
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        # Keep the window: its last micro-batch replays all of it at w + e(w).
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self._window = batch_samples
+        return batch_samples, num_items_in_batch
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        num_items_in_batch = self._normalize_num_items(model, inputs, num_items_in_batch)
+        sam = self.sam_optimizer
+        if sam is None:
+            return super().training_step(model, inputs, num_items_in_batch)
+
+        with self._ascent_sync_context(model):
+            loss = super().training_step(model, inputs, num_items_in_batch)  # gradient at w
+        if not self.accelerator.sync_gradients:
+            return loss  # the ascent gradient accumulates over the window
+
+        norm = sam.perturb(grad_scale=self._loss_scale())  # w <- w + e(w)
+        try:
+            model.zero_grad()
+            perturbed_loss = self._replay_window(model, inputs, num_items_in_batch)  # gradient at w + e(w)
+        finally:
+            sam.restore()  # w back, bit-exactly, before anything else can see the weights
+        self._record(norm, perturbed_loss)
+        return loss
+
+    def _replay_window(self, model, inputs, num_items_in_batch) -> torch.Tensor:
+        """The second pass over every micro-batch of the window; only the last one syncs."""
+        window = self._window if self._window and self._window[-1] is inputs else [inputs]
+        total = torch.zeros((), device=self.args.device)
+        for i, micro_batch in enumerate(window):
+            last = i == len(window) - 1
+            with contextlib.nullcontext() if last else self.accelerator.no_sync(model):
+                total += super().training_step(model, micro_batch, num_items_in_batch)
+        return total
+
+    def _ascent_sync_context(self, model):
+        # "local" ascent: keep the first pass's gradient on each rank (no all-reduce).
+        if self.args.sam_ascent == "local" if isinstance(self.args, SAMTrainingArguments) else False:
+            return self.accelerator.no_sync(model)
+        return contextlib.nullcontext()
+
+    def _loss_scale(self) -> torch.Tensor | None:
+        """The GradScaler's current scale as a tensor (no host sync), or None without one."""
+        scaler = getattr(self.accelerator, "scaler", None)
+        return getattr(scaler, "_scale", None) if scaler is not None and scaler.is_enabled() else None
+
+    # --- loss scaling -------------------------------------------------------------------
+
+    def _normalize_num_items(self, model, inputs, num_items_in_batch):
+        """Fix the Trainer's loss scaling for models whose forward takes **kwargs but ignores
+        `num_items_in_batch` (BERT and most classifiers).
+
+        The Trainer infers "the model normalizes its loss by num_items_in_batch" from the
+        forward signature. When that is wrong, it neither divides the loss by the accumulation
+        steps nor leaves out its x num_processes factor, and the gradient is k x world too
+        large. The question is a property of the model's loss, so it is asked once, of the loss
+        itself: two no-grad forwards with different counts. If the loss ignores the count, the
+        Trainer is told the model takes no loss kwargs, and scales as for a per-batch mean.
+        """
+        if num_items_in_batch is None or not self.model_accepts_loss_kwargs or self.compute_loss_func is not None:
+            return num_items_in_batch
+        if self._loss_uses_num_items is None:
+            self._loss_uses_num_items = self._probe_loss_uses_num_items(model, inputs)
+        if self._loss_uses_num_items:
+            return num_items_in_batch
+        self.model_accepts_loss_kwargs = False
+        return None
+
+    @torch.no_grad()
+    def _probe_loss_uses_num_items(self, model, inputs) -> bool:
+        model = self.accelerator.unwrap_model(model)
+        was_training = model.training
+        model.eval()  # no dropout: the two losses differ only through the count
+        try:
+            prepared = self._prepare_inputs(inputs)
+            losses = []
+            for count in (1, 2):
+                n = torch.tensor(count, device=self.args.device)
+                with self.compute_loss_context_manager():
+                    losses.append(self.compute_loss(model, dict(prepared), num_items_in_batch=n).detach())
+        finally:
+            model.train(was_training)
+        return not torch.equal(losses[0], losses[1])
+
+    # --- logging ------------------------------------------------------------------------
+
+    def _record(self, norm: torch.Tensor, perturbed_loss: torch.Tensor) -> None:
+        # Tensors only: the host sync happens once per logging step, in `log`.
+        stats = torch.stack([norm.detach().float().to(perturbed_loss.device), perturbed_loss.float()])
+        self._sam_stats = stats if self._sam_stats is None else self._sam_stats + stats
+        self._sam_steps += 1
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if "loss" in logs and self._sam_steps:  # a training log: add the SAM figures
+            stats = self.accelerator.reduce(self._sam_stats / self._sam_steps, reduction="mean")
+            logs["sam_ascent_grad_norm"], logs["sam_perturbed_loss"] = (round(v, 6) for v in stats.tolist())
+            self._sam_stats, self._sam_steps = None, 0
+        super().log(logs, *args, **kwargs)
+
+
+def _unwrap(optimizer):
+    """accelerate's AcceleratedOptimizer keeps the user's optimizer in `.optimizer`."""
+    return getattr(optimizer, "optimizer", optimizer)

@@ -1,0 +1,44 @@
+"""Run under `torchrun --nproc_per_node 2`: SAMTrainer on the tiny BERT, per-device batch 4.
+
+Usage: ddp_worker.py OUT_DIR {global,local}. Each rank saves OUT_DIR/rank<r>.pt with its weights.
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from adasam_hf import SAM, SAMTrainer, SAMTrainingArguments
+from tiny import TinyDataset, tiny_bert
+
+
+def train(out: Path, ascent: str, sgd: bool) -> dict:
+    args = SAMTrainingArguments(
+        output_dir=str(out / "run"), per_device_train_batch_size=4, max_steps=3, learning_rate=0.01,
+        lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=0.0, report_to="none",
+        save_strategy="no", use_cpu=True, seed=0, disable_tqdm=True, train_sampling_strategy="sequential",
+        optimizer="adasam", sam_rho=0.05, sam_ascent=ascent, logging_steps=1,
+    )
+    model = tiny_bert()
+    optimizers = (SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.5), None) if sgd else (None, None)
+    trainer = SAMTrainer(model=model, args=args, train_dataset=TinyDataset(), optimizers=optimizers)
+    trainer.train()
+    assert not trainer.sam_optimizer.is_perturbed
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def main():
+    out, ascent = Path(sys.argv[1]), sys.argv[2]
+    result = {"weights": train(out, ascent, sgd=False)}
+    if ascent == "global":
+        result["weights_sgd"] = train(out, ascent, sgd=True)
+    result["world_size"] = dist.get_world_size() if dist.is_initialized() else 1
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(result, out / f"rank{dist.get_rank() if dist.is_initialized() else 0}.pt")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
