@@ -120,7 +120,7 @@ class SAMTrainer(Trainer):
 
     def _ascent_sync_context(self, model):
         # "local" ascent: keep the first pass's gradient on each rank (no all-reduce).
-        if self.args.sam_ascent == "local" if isinstance(self.args, SAMTrainingArguments) else False:
+        if getattr(self.args, "sam_ascent", "global") == "local":
             return self.accelerator.no_sync(model)
         return contextlib.nullcontext()
 
