@@ -1,0 +1,138 @@
+"""Resumable GLUE sweep: (task, optimizer, seed, lr, rho) runs through `adasam_hf.cli.finetune`.
+
+    python benchmarks/glue_sweep.py --config benchmarks/sweep.yaml --data_dir ../shared/glue
+
+Phase "tune" runs every grid point at `tune_seed`; phase "final" repeats, for each (task,
+optimizer), the tuned point with the best dev `metric_for_best_model` over all `seeds`. A run is
+named by the hash of its full configuration: a finished run's JSON under `--results` is found and
+skipped, so the sweep can be stopped and continued in pieces, across sessions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_RESULTS = REPO / "docs" / "results" / "runs"
+
+
+def run_key(config: dict) -> str:
+    """A stable name for a run: the hash of its configuration."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def grid_points(sweep: dict, optimizer: str) -> list[dict]:
+    grid = sweep["grid"][optimizer]
+    names = sorted(grid)
+    return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+
+
+def run_config(sweep: dict, task: str, optimizer: str, seed: int, point: dict) -> dict:
+    return {"task": task, "optimizer": optimizer, "seed": seed, **sweep["common"], **point}
+
+
+def result_path(results: Path, config: dict) -> Path:
+    return results / config["task"] / config["optimizer"] / f"{run_key(config)}.json"
+
+
+def load_results(results: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(results.glob("*/*/*.json"))]
+
+
+def execute(config: dict, results: Path, data_dir: str | None, scratch: Path, extra_args: list[str]) -> dict:
+    """Run one configuration (or return its stored result) and store it as JSON."""
+    path = result_path(results, config)
+    if path.exists():
+        return json.loads(path.read_text())
+    from adasam_hf.cli import finetune, parse_args
+
+    out = scratch / run_key(config)
+    argv = [f"--{k}={v}" for k, v in config.items()]
+    argv += [f"--output_dir={out}", "--save_strategy=no", "--load_best_model_at_end=false",
+             "--eval_strategy=epoch", "--report_to=none", "--disable_tqdm=true", *extra_args]
+    if data_dir:
+        argv.append(f"--data_dir={data_dir}")
+    started = time.time()
+    result = finetune(*parse_args(argv))
+    record = {"key": run_key(config), "config": config, "argv": argv, "wall_s": time.time() - started, "result": result}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1, default=str))
+    shutil.rmtree(out, ignore_errors=True)  # models and checkpoints are not kept; the JSON is
+    return record
+
+
+def best_point(records: list[dict], task: str, optimizer: str, seed: int, metric: str, sweep: dict) -> dict | None:
+    """The grid point of the best tuning run (dev `metric`), or None if tuning is unfinished."""
+    points = grid_points(sweep, optimizer)
+    by_key = {r["key"]: r for r in records}
+    scored = []
+    for point in points:
+        record = by_key.get(run_key(run_config(sweep, task, optimizer, seed, point)))
+        if record is None:
+            return None
+        scored.append((record["result"][f"eval_{metric}"], point))
+    return max(scored, key=lambda s: s[0])[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(REPO / "benchmarks" / "sweep.yaml"))
+    parser.add_argument("--results", default=str(DEFAULT_RESULTS), help="folder of per-run JSON files")
+    parser.add_argument("--data_dir", default=None, help="GLUE TSV folder (default: $GLUE_DIR, then the Hub)")
+    parser.add_argument("--phase", choices=["tune", "final", "all"], default="all")
+    parser.add_argument("--tasks", nargs="*", help="subset of the config's tasks")
+    parser.add_argument("--optimizers", nargs="*", help="subset of the config's optimizers")
+    parser.add_argument("--scratch", default=str(REPO / "runs" / "sweep"), help="run output dirs (deleted after)")
+    parser.add_argument("--dry_run", action="store_true", help="list the runs that would execute")
+    args, extra = parser.parse_known_args(argv)  # extra: passed to every run (e.g. --max_steps 2)
+
+    from adasam_hf.data import get_task
+
+    sweep = yaml.safe_load(Path(args.config).read_text())
+    results, scratch = Path(args.results), Path(args.scratch)
+    tasks = args.tasks or sweep["tasks"]
+    optimizers = args.optimizers or sweep["optimizers"]
+    counts = {"executed": 0, "skipped": 0}
+
+    def run_many(configs: list[dict], metric: str) -> None:
+        for config in configs:
+            if result_path(results, config).exists():
+                counts["skipped"] += 1
+                continue
+            print(f"[sweep] run {run_key(config)}: {json.dumps(config)}", flush=True)
+            counts["executed"] += 1
+            if args.dry_run:
+                continue
+            record = execute(config, results, args.data_dir, scratch, extra)
+            print(f"[sweep] done in {record['wall_s']:.0f}s: eval_{metric}={record['result'].get(f'eval_{metric}')}",
+                  flush=True)
+
+    for task in tasks:
+        metric = get_task(task).metric_for_best_model
+        for optimizer in optimizers:
+            if args.phase in ("tune", "all"):
+                points = grid_points(sweep, optimizer)
+                run_many([run_config(sweep, task, optimizer, sweep["tune_seed"], p) for p in points], metric)
+            if args.phase in ("final", "all"):
+                best = best_point(load_results(results), task, optimizer, sweep["tune_seed"], metric, sweep)
+                if best is None:
+                    print(f"[sweep] {task}/{optimizer}: tuning unfinished, final runs wait", flush=True)
+                    continue
+                run_many([run_config(sweep, task, optimizer, seed, best) for seed in sweep["seeds"]], metric)
+    verb = "listed" if args.dry_run else "executed"
+    print(f"[sweep] {counts['executed']} run(s) {verb}, {counts['skipped']} already done", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    sys.exit(main())

