@@ -9,7 +9,9 @@ depend on where its data came from.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -29,6 +31,7 @@ __all__ = [
     "UnknownGlueTaskError",
     "get_task",
     "load_glue",
+    "quiet_hub_retries",
     "read_glue_tsv",
     "tokenize_glue",
 ]
@@ -83,6 +86,8 @@ class GlueTask:
         dev_files: Local files of ``validation_splits``, in the same order.
         test_splits: Hub test split names (labels are -1 there).
         test_files: Local files of ``test_splits``; optional on disk because they carry no labels.
+        submission_files: File names the GLUE server expects for predictions on ``test_splits``, in the same
+            order; ``<folder>.tsv`` unless given (MNLI has two).
         metric_names: Keys returned by ``evaluate``'s GLUE metric for this task.
         metric_for_best_model: Metric that picks the best checkpoint: the one the GLUE paper reports first
             (F1 for the unbalanced paraphrase tasks, MCC for CoLA, Pearson for STS-B, else accuracy).
@@ -102,6 +107,13 @@ class GlueTask:
     dev_files: tuple[str, ...] = ("dev.tsv",)
     test_splits: tuple[str, ...] = ("test",)
     test_files: tuple[str, ...] = ("test.tsv",)
+    submission_files: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not self.submission_files:
+            object.__setattr__(self, "submission_files", (f"{self.folder}.tsv",))
+        if len(self.submission_files) != len(self.test_splits):
+            raise ValueError(f"{self.name}: one submission file per test split is needed")
 
     @property
     def is_regression(self) -> bool:
@@ -170,7 +182,8 @@ GLUE_TASKS: dict[str, GlueTask] = {
               validation_splits=("validation_matched", "validation_mismatched"),
               dev_files=("dev_matched.tsv", "dev_mismatched.tsv"),
               test_splits=("test_matched", "test_mismatched"),
-              test_files=("test_matched.tsv", "test_mismatched.tsv")),
+              test_files=("test_matched.tsv", "test_mismatched.tsv"),
+              submission_files=("MNLI-m.tsv", "MNLI-mm.tsv")),
         _task("qnli", "QNLI", ("question", "sentence"), _ENTAIL, _ACC, "accuracy",
               TsvLayout(True, ("question", "sentence"), "label")),
         _task("rte", "RTE", ("sentence1", "sentence2"), _ENTAIL, _ACC, "accuracy",
@@ -267,11 +280,13 @@ def read_glue_tsv(data_dir: str | os.PathLike, task: str | GlueTask) -> datasets
     would change the split and every metric computed on it.
 
     Raises:
-        GlueFileNotFoundError: The task folder, ``train.tsv`` or a dev file is missing.
+        GlueFileNotFoundError: The data folder, the task folder, ``train.tsv`` or a dev file is missing.
         GlueFormatError: A needed header column is missing, a row has the wrong number of fields, or a label is
             outside the task's label set.
     """
     task = get_task(task)
+    if not Path(data_dir).is_dir():
+        raise GlueFileNotFoundError(f"GLUE data directory not found: {data_dir} ({_layout_hint(task)})")
     folder = Path(data_dir) / task.folder
     if not folder.is_dir():
         raise GlueFileNotFoundError(f"GLUE task folder not found: {folder} ({_layout_hint(task)})")
@@ -292,6 +307,19 @@ def read_glue_tsv(data_dir: str | os.PathLike, task: str | GlueTask) -> datasets
 _HUB_UNREACHABLE = (ConnectionError, TimeoutError, LocalEntryNotFoundError)
 
 
+@contextlib.contextmanager
+def quiet_hub_retries():
+    """Hide the Hub client's warning per HTTP retry: offline, that is a dozen lines before the one error that
+    matters (and says what to do)."""
+    logger = logging.getLogger("huggingface_hub.utils._http")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def load_glue(task: str | GlueTask, data_dir: str | os.PathLike | None = None) -> datasets.DatasetDict:
     """Load a GLUE task from local TSV files if a folder is given (argument, else ``$GLUE_DIR``), else the Hub.
 
@@ -306,7 +334,8 @@ def load_glue(task: str | GlueTask, data_dir: str | os.PathLike | None = None) -
     if data_dir is not None:
         return read_glue_tsv(data_dir, task)
     try:
-        return datasets.load_dataset(HUB_DATASET, task.name)
+        with quiet_hub_retries():
+            return datasets.load_dataset(HUB_DATASET, task.name)
     except _HUB_UNREACHABLE as exc:
         raise GlueDataError(
             f"cannot load {HUB_DATASET}/{task.name}: the HuggingFace Hub is unreachable ({type(exc).__name__}); "

@@ -15,7 +15,7 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from .data import GlueTask, get_task
 
-__all__ = ["build_compute_metrics", "compute_glue_metrics"]
+__all__ = ["build_compute_metrics", "compute_glue_metrics", "predictions_from_logits"]
 
 # name -> fn(predictions, labels); F1 is binary with class 1 positive (equivalent / duplicate), as in evaluate.
 _METRIC_FNS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
@@ -55,15 +55,18 @@ def build_compute_metrics(task: str | GlueTask) -> Callable[..., dict[str, float
     task = get_task(task)
 
     def compute_metrics(eval_pred) -> dict[str, float]:
-        logits = eval_pred.predictions
-        # Models asked for hidden states or attentions return a tuple; the logits come first.
-        if isinstance(logits, tuple):
-            logits = logits[0]
-        logits = np.asarray(logits)
-        if task.is_regression:
-            predictions = logits.squeeze(-1) if logits.ndim == 2 and logits.shape[-1] == 1 else logits
-        else:
-            predictions = logits.argmax(axis=-1)
-        return compute_glue_metrics(task, predictions, eval_pred.label_ids)
+        return compute_glue_metrics(task, predictions_from_logits(task, eval_pred.predictions), eval_pred.label_ids)
 
     return compute_metrics
+
+
+def predictions_from_logits(task: str | GlueTask, logits) -> np.ndarray:
+    """Model outputs -> what the metrics score: class ids (argmax), or the scores for the regression task."""
+    task = get_task(task)
+    # Models asked for hidden states or attentions return a tuple; the logits come first.
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    logits = np.asarray(logits)
+    if task.is_regression:
+        return logits.squeeze(-1) if logits.ndim == 2 and logits.shape[-1] == 1 else logits
+    return logits.argmax(axis=-1)

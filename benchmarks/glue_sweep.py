@@ -36,8 +36,10 @@ def grid_points(sweep: dict, optimizer: str) -> list[dict]:
     return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
 
 
-def run_config(sweep: dict, task: str, optimizer: str, seed: int, point: dict) -> dict:
-    return {"task": task, "optimizer": optimizer, "seed": seed, **sweep["common"], **point}
+def run_config(sweep: dict, task: str, optimizer: str, seed: int, point: dict, extra_args=()) -> dict:
+    """Everything that defines a run; extra command-line flags are part of it (and of its hash)."""
+    config = {"task": task, "optimizer": optimizer, "seed": seed, **sweep["common"], **point}
+    return {**config, "extra_args": list(extra_args)} if extra_args else config
 
 
 def result_path(results: Path, config: dict) -> Path:
@@ -48,7 +50,7 @@ def load_results(results: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(results.glob("*/*/*.json"))]
 
 
-def execute(config: dict, results: Path, data_dir: str | None, scratch: Path, extra_args: list[str]) -> dict:
+def execute(config: dict, results: Path, data_dir: str | None, scratch: Path) -> dict:
     """Run one configuration (or return its stored result) and store it as JSON."""
     path = result_path(results, config)
     if path.exists():
@@ -56,9 +58,9 @@ def execute(config: dict, results: Path, data_dir: str | None, scratch: Path, ex
     from adasam_hf.cli import finetune, parse_args
 
     out = scratch / run_key(config)
-    argv = [f"--{k}={v}" for k, v in config.items()]
+    argv = [f"--{k}={v}" for k, v in config.items() if k != "extra_args"]
     argv += [f"--output_dir={out}", "--save_strategy=no", "--load_best_model_at_end=false",
-             "--eval_strategy=epoch", "--report_to=none", "--disable_tqdm=true", *extra_args]
+             "--eval_strategy=epoch", "--report_to=none", "--disable_tqdm=true", *config.get("extra_args", [])]
     if data_dir:
         argv.append(f"--data_dir={data_dir}")
     started = time.time()
@@ -70,13 +72,14 @@ def execute(config: dict, results: Path, data_dir: str | None, scratch: Path, ex
     return record
 
 
-def best_point(records: list[dict], task: str, optimizer: str, seed: int, metric: str, sweep: dict) -> dict | None:
+def best_point(records: list[dict], task: str, optimizer: str, seed: int, metric: str, sweep: dict,
+               extra_args=()) -> dict | None:
     """The grid point of the best tuning run (dev `metric`), or None if tuning is unfinished."""
     points = grid_points(sweep, optimizer)
     by_key = {r["key"]: r for r in records}
     scored = []
     for point in points:
-        record = by_key.get(run_key(run_config(sweep, task, optimizer, seed, point)))
+        record = by_key.get(run_key(run_config(sweep, task, optimizer, seed, point, extra_args)))
         if record is None:
             return None
         scored.append((record["result"][f"eval_{metric}"], point))
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             counts["executed"] += 1
             if args.dry_run:
                 continue
-            record = execute(config, results, args.data_dir, scratch, extra)
+            record = execute(config, results, args.data_dir, scratch)
             print(f"[sweep] done in {record['wall_s']:.0f}s: eval_{metric}={record['result'].get(f'eval_{metric}')}",
                   flush=True)
 
@@ -121,13 +124,13 @@ def main(argv: list[str] | None = None) -> int:
         for optimizer in optimizers:
             if args.phase in ("tune", "all"):
                 points = grid_points(sweep, optimizer)
-                run_many([run_config(sweep, task, optimizer, sweep["tune_seed"], p) for p in points], metric)
+                run_many([run_config(sweep, task, optimizer, sweep["tune_seed"], p, extra) for p in points], metric)
             if args.phase in ("final", "all"):
-                best = best_point(load_results(results), task, optimizer, sweep["tune_seed"], metric, sweep)
+                best = best_point(load_results(results), task, optimizer, sweep["tune_seed"], metric, sweep, extra)
                 if best is None:
                     print(f"[sweep] {task}/{optimizer}: tuning unfinished, final runs wait", flush=True)
                     continue
-                run_many([run_config(sweep, task, optimizer, seed, best) for seed in sweep["seeds"]], metric)
+                run_many([run_config(sweep, task, optimizer, seed, best, extra) for seed in sweep["seeds"]], metric)
     verb = "listed" if args.dry_run else "executed"
     print(f"[sweep] {counts['executed']} run(s) {verb}, {counts['skipped']} already done", flush=True)
     return 0

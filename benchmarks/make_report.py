@@ -33,11 +33,12 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def final_runs(records, sweep, task, optimizer, metric) -> tuple[dict | None, list[dict]]:
-    best = best_point(records, task, optimizer, sweep["tune_seed"], metric, sweep)
+    extra = sweep.get("extra_args", ())
+    best = best_point(records, task, optimizer, sweep["tune_seed"], metric, sweep, extra)
     if best is None:
         return None, []
     by_key = {r["key"]: r for r in records}
-    runs = [by_key.get(run_key(run_config(sweep, task, optimizer, s, best))) for s in sweep["seeds"]]
+    runs = [by_key.get(run_key(run_config(sweep, task, optimizer, s, best, extra))) for s in sweep["seeds"]]
     return best, [r for r in runs if r is not None]
 
 
@@ -142,7 +143,7 @@ def curves_section(records, sweep, tasks, optimizers, out_dir: Path) -> list[str
 def cost_section(cost_path: Path) -> list[str]:
     lines = ["## 3. Cost per step (side by side in one run, ratio to AdamW)", ""]
     if not cost_path.exists():
-        return lines + [f"Not measured yet: run `python benchmarks/optimizer_cost.py --json {cost_path.relative_to(REPO)}`.", ""]
+        return lines + ["Not measured yet: run `python benchmarks/optimizer_cost.py --json docs/results/cost.json`.", ""]
     cost = json.loads(cost_path.read_text())
     for model in cost["models"]:
         lines += [f"**{model['name']}** ({model['params'] / 1e6:.1f}M parameters, batch {model['batch']}, "

@@ -1,5 +1,40 @@
+import os
 import sys
 from pathlib import Path
 
+import pytest
+
 # The float64 references live beside the tests; make `import reference` work from any cwd.
 sys.path.insert(0, str(Path(__file__).parent))
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def glue_root() -> Path:
+    """The original GLUE TSV files: $GLUE_DIR, else ../shared/glue beside the checkout."""
+    path = Path(os.environ.get("GLUE_DIR") or REPO.parent / "shared" / "glue")
+    if not (path / "RTE" / "train.tsv").is_file():
+        pytest.skip(f"GLUE TSV files not found at {path} (set GLUE_DIR to the glue_data folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide BERT with the packaged MiniLM tokenizer: a real checkpoint folder that trains in
+    milliseconds. Saved as a bare BertModel, like MiniLM, so the classifier head is new on load."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from adasam_hf.config import resolve_model_path
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm-l6"))
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -1,0 +1,62 @@
+"""The sweep runner on a 2-run toy grid: runs, resume skip, and the report made from its JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import glue_sweep  # noqa: E402
+import make_report  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def test_toy_sweep_resumes_and_reports(tmp_path, glue_root, tiny_model_dir, capsys):
+    sweep = {
+        "tasks": ["rte"],
+        "optimizers": ["sgd", "adasam"],
+        "tune_seed": 0,
+        "seeds": [0],
+        "common": {"model_name_or_path": str(tiny_model_dir), "max_seq_length": 32, "max_steps": 2,
+                   "max_train_samples": 32, "max_eval_samples": 32, "per_device_train_batch_size": 8,
+                   "logging_steps": 1},
+        "grid": {"sgd": {"learning_rate": [0.01]}, "adasam": {"learning_rate": [1e-4], "sam_rho": [0.05]}},
+    }
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump(sweep))
+    results = tmp_path / "runs"
+    argv = ["--config", str(config), "--results", str(results), "--data_dir", str(glue_root),
+            "--scratch", str(tmp_path / "scratch")]
+
+    assert glue_sweep.main(argv) == 0
+    stored = sorted(results.glob("rte/*/*.json"))
+    assert [p.parent.name for p in stored] == ["adasam", "sgd"]
+    for path in stored:
+        record = json.loads(path.read_text())
+        assert path.stem == record["key"] == glue_sweep.run_key(record["config"])
+        assert 0.0 <= record["result"]["eval_accuracy"] <= 1.0
+        assert [h["step"] for h in record["result"]["log_history"] if "loss" in h] == [1, 2]  # for the curves
+    # The final run at seed 0 is the tuning run itself: same configuration, same hash, not run twice.
+    assert "2 run(s) executed, 2 already done" in capsys.readouterr().out
+
+    before = {p: p.stat().st_mtime_ns for p in stored}
+    assert glue_sweep.main(argv) == 0  # everything is found by its hash and skipped
+    assert "0 run(s) executed, 4 already done" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in stored} == before
+
+    out = tmp_path / "docs" / "results.md"
+    assert make_report.main(["--config", str(config), "--results", str(results), "--out", str(out),
+                             "--cost", str(tmp_path / "no-cost.json")]) == 0
+    report = out.read_text()
+    accuracies = {p.parent.name: 100 * json.loads(p.read_text())["result"]["eval_accuracy"] for p in stored}
+    for opt, acc in accuracies.items():
+        assert f"{acc:.2f} ± 0.00 (n=1)" in report, opt
+    assert (out.parent / "results" / "curves_rte.png").stat().st_size > 1000
+    assert "Not measured yet" in report
