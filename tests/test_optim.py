@@ -355,3 +355,15 @@ def test_step_while_perturbed_is_an_error():
     opt.perturb()
     with pytest.raises(RuntimeError, match="restore"):
         opt.step()
+
+
+def test_readme_optimizer_example_runs():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    match = re.search(r"<!-- example: optimizers -->\s*```python\n(.*?)```", readme, re.S)
+    assert match, "README.md lost its optimizer example"
+    namespace = {"__name__": "readme_example"}
+    exec(compile(match.group(1), "README.md", "exec"), namespace)
+    assert torch.isfinite(namespace["loss"]) and not namespace["opt"].is_perturbed
