@@ -41,12 +41,14 @@ class SAMTrainer(Trainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
-            if self.optimizer is None or isinstance(_unwrap(self.optimizer), SharpnessAware):
-                raise ValueError(
-                    "SAMTrainer supports one device or DDP (torchrun / accelerate launch); "
-                    f"{'FSDP' if self.is_fsdp_enabled else 'DeepSpeed'} is not supported"
-                )
+        wants_sam = self.sam_optimizer is not None or (
+            self.optimizer is None and getattr(self.args, "is_sharpness_aware", False)
+        )
+        if wants_sam and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
+            raise ValueError(
+                "SAMTrainer supports one device or DDP (torchrun / accelerate launch); "
+                f"{'FSDP' if self.is_fsdp_enabled else 'DeepSpeed'} is not supported"
+            )
         self._window: list[dict] = []
         self._loss_uses_num_items: bool | None = None
         self._sam_stats: torch.Tensor | None = None  # running sums: ascent norm, perturbed loss

@@ -95,7 +95,7 @@ class SharpnessAware(Optimizer):
         for group, ps, gs in groups:
             if group["adaptive"] and ps:
                 torch._foreach_mul_(gs, ps)
-        norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+        norm = torch.nn.utils.get_total_norm(grads)  # one _foreach_norm per device/dtype, one reduction
         for group, ps, gs in groups:
             if group["adaptive"] and ps:
                 torch._foreach_mul_(gs, ps)
