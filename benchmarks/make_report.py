@@ -155,7 +155,10 @@ def cost_section(cost_path: Path) -> list[str]:
             lines.append(f"| {name} | {row['step_s']:.3f} | {row['step_s'] / base['step_s']:.2f} | "
                          f"{row['peak_rss_gb']:.2f} | {row['peak_rss_gb'] / base['peak_rss_gb']:.2f} | "
                          f"{row['held_param_sets']:.2f} |")
-        lines.append("")
+        set_gb = model["params"] * 4 / 1e9  # fp32
+        delta = model["optimizers"]["adasam"]["peak_rss_gb"] - base["peak_rss_gb"]
+        lines += ["", f"AdaSAM − AdamW peak RSS: {delta:.2f} GB = {delta / set_gb:.2f} parameter sets "
+                  f"(1 set = {set_gb:.2f} GB; theory: 2 sets).", ""]
     lines += ["Theory: AdaSAM holds m, v, v̂ (3 parameter sets) plus the saved copy of w (1 set) = 4 sets; AdamW",
               "holds 2. The seed's reported AdaSAM peak memory (GPU, RoBERTa): " +
               ", ".join(f"{t.upper()} {gb} GB" for t, gb in PAPER_PEAK_MEMORY_GB.items()) +

@@ -96,6 +96,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=4, help="timed steps per MiniLM run")
     parser.add_argument("--large_steps", type=int, default=2, help="timed steps per RoBERTa-large-sized run")
     parser.add_argument("--skip_large", action="store_true")
+    parser.add_argument("--only_large", action="store_true",
+                        help="measure only the large model; its rows replace those in an existing --json file")
     parser.add_argument("--quick", action="store_true", help="1 round, 1 step, no large model")
     parser.add_argument("--_worker", nargs=3, metavar=("MODEL", "OPTIMIZER", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -107,7 +109,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.rounds, args.steps, args.skip_large = 1, 1, True
 
-    plan = [("minilm-l6", args.rounds, args.steps)]
+    plan = [] if args.only_large else [("minilm-l6", args.rounds, args.steps)]
     if not args.skip_large:
         plan.append(("roberta-large-config", 1, args.large_steps))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
@@ -140,6 +142,9 @@ def main(argv=None) -> int:
         for name, row in model["optimizers"].items():
             print(f"{name:<10} {row['step_s']:8.3f} {row['step_s'] / base['step_s']:6.2f} {row['peak_rss_gb']:8.2f} "
                   f"{row['peak_rss_gb'] / base['peak_rss_gb']:6.2f} {row['held_param_sets']:9.2f}")
+    if args.json and args.only_large and Path(args.json).exists():  # keep the other models' rows
+        kept = [m for m in json.loads(Path(args.json).read_text())["models"] if m["name"] != plan[0][0]]
+        report["models"] = kept + report["models"]
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=1))
