@@ -71,7 +71,11 @@ def run_closure(opt, params, batches):
 
 
 DRIVERS = {"protocol": run_protocol, "closure": run_closure}
-ADASAM_PATHS = {"fused": dict(fused=True), "foreach": dict(fused=False, foreach=True), "single": dict(fused=False, foreach=False)}
+ADASAM_PATHS = {
+    "fused": dict(fused=True),
+    "foreach": dict(fused=False, foreach=True),
+    "single": dict(fused=False, foreach=False),
+}
 
 
 @pytest.mark.parametrize("driver", DRIVERS)

@@ -7,18 +7,16 @@ so every test with SAM over plain SGD would catch it.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 
-from adasam_hf import SAM, AdaSAM, SAMTrainer, SAMTrainingArguments
+from adasam_hf import SAM, SAMTrainer, SAMTrainingArguments
 from tiny import TinyDataset, assert_weights_close, full_batch_reference, tiny_bert
 
 HERE = Path(__file__).parent
@@ -88,7 +86,8 @@ def test_non_sam_optimizer_gets_exact_ga_scaling_too(tmp_path):
     expected = full_batch_reference(
         tiny_bert(), data, optimizer="sam-sgd", steps=STEPS, batch=BATCH, lr=0.5, momentum=0.9, rho=0.0
     )
-    trainer = SAMTrainer(model=model, args=make_args(tmp_path, 2, 4, optimizer="sgd", learning_rate=0.5), train_dataset=data)
+    args = make_args(tmp_path, 2, 4, optimizer="sgd", learning_rate=0.5)
+    trainer = SAMTrainer(model=model, args=args, train_dataset=data)
     trainer.train()
     assert trainer.sam_optimizer is None and type(trainer.optimizer.optimizer) is torch.optim.SGD
     assert_weights_close(model, expected)
@@ -137,7 +136,9 @@ def test_last_short_window_of_an_epoch(tmp_path):
 
 def test_resume_from_checkpoint_is_bitwise(tmp_path):
     data = TinyDataset()
-    common = dict(max_steps=6, train_sampling_strategy="random", save_strategy="steps", save_steps=3, learning_rate=0.003)
+    common = dict(
+        max_steps=6, train_sampling_strategy="random", save_strategy="steps", save_steps=3, learning_rate=0.003
+    )
 
     full = tiny_bert()
     SAMTrainer(model=full, args=make_args(tmp_path / "a", 4, 2, **common), train_dataset=data).train()
@@ -229,7 +230,8 @@ def test_weights_are_restored_if_the_second_pass_raises(tmp_path):
 def test_args_parse_with_hf_argument_parser_and_validate():
     parser = HfArgumentParser(SAMTrainingArguments)
     (args,) = parser.parse_args_into_dataclasses(
-        ["--output_dir", "x", "--optimizer", "sam", "--sam_rho", "0.1", "--sam_adaptive", "--sam_ascent", "local", "--use_cpu"]
+        ["--output_dir", "x", "--optimizer", "sam", "--sam_rho", "0.1", "--sam_adaptive", "--sam_ascent", "local",
+         "--use_cpu"]
     )
     assert (args.optimizer, args.sam_rho, args.sam_adaptive, args.sam_ascent) == ("sam", 0.1, True, "local")
     for bad, fragment in [
@@ -255,7 +257,8 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
     """DDP, 2 CPU processes x batch 4 == 1 process x batch 8 == the reference; ranks identical;
     local ascent differs from global."""
     torchrun = shutil.which("torchrun") or pytest.skip("torchrun not on PATH")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    pythonpath = os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1"}
     for ascent in ("global", "local"):
         cmd = [torchrun, "--standalone", "--nproc_per_node", "2", str(HERE / "ddp_worker.py"),
                str(tmp_path / ascent), ascent]

@@ -35,7 +35,8 @@ class TinyDataset(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, i):
-        return {"input_ids": self.input_ids[i], "attention_mask": torch.ones(SEQ, dtype=torch.long), "labels": self.labels[i]}
+        ones = torch.ones(SEQ, dtype=torch.long)
+        return {"input_ids": self.input_ids[i], "attention_mask": ones, "labels": self.labels[i]}
 
 
 def full_batch_reference(model, dataset, *, optimizer: str, steps: int, batch: int, no_ascent_steps=(), **hp):
@@ -55,7 +56,8 @@ def full_batch_reference(model, dataset, *, optimizer: str, steps: int, batch: i
 
         def grad_fn(ws, ids=ids, labels=labels):
             ws = [w.detach().requires_grad_() for w in ws]
-            logits = functional_call(model, dict(zip(names, ws)), (ids,), {"attention_mask": torch.ones_like(ids)}).logits
+            mask = {"attention_mask": torch.ones_like(ids)}
+            logits = functional_call(model, dict(zip(names, ws)), (ids,), mask).logits
             return list(torch.autograd.grad(torch.nn.functional.cross_entropy(logits, labels), ws))
 
         ref.rho = 0.0 if t in no_ascent_steps else hp.get("rho", 0.05)
@@ -66,4 +68,6 @@ def full_batch_reference(model, dataset, *, optimizer: str, steps: int, batch: i
 def assert_weights_close(model, expected: dict, rtol=1e-9, atol=1e-11):
     got = dict(model.named_parameters())
     for name, w in expected.items():
-        torch.testing.assert_close(got[name].detach().double(), w, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            got[name].detach().double(), w, rtol=rtol, atol=atol, msg=lambda m, name=name: f"{name}: {m}"
+        )

@@ -8,7 +8,7 @@ the ones that mean something for it; the others are validated and ignored.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

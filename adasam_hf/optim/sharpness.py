@@ -18,7 +18,7 @@ or, in one call, ``opt.step(closure)``.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.optim import Optimizer
@@ -158,7 +158,9 @@ class SharpnessAware(Optimizer):
         return buf
 
 
-def _ascend(params: list[torch.Tensor], directions: list[torch.Tensor], scale: torch.Tensor, skip: torch.Tensor) -> None:
+def _ascend(
+    params: list[torch.Tensor], directions: list[torch.Tensor], scale: torch.Tensor, skip: torch.Tensor
+) -> None:
     """w <- w + scale * d, unless `skip` is 1.
 
     This is an SGD step with lr = -scale, so torch's fused SGD kernel does it in one pass with
