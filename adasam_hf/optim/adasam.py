@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch.optim.adam import adam
+from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from .sharpness import SharpnessAware
 
@@ -88,7 +89,6 @@ class AdaSAM(SharpnessAware):
         self.__dict__.setdefault("_no_bias_correction", {})
         self.__dict__.setdefault("_saved", {})
         self.__dict__.setdefault("_perturbed", None)
-        self.__dict__.setdefault("ascent_grad_norm", None)
 
     def _init_group(self, group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps):
         for p in group["params"]:
@@ -153,8 +153,6 @@ class AdaSAM(SharpnessAware):
 
 
 def _fused_supported(params: list[torch.Tensor]) -> bool:
-    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-
     devices = _get_fused_kernels_supported_devices()
     return all(p.device.type in devices and p.is_floating_point() for p in params)
 

@@ -48,7 +48,6 @@ class SharpnessAware(Optimizer):
         # they are scratch, not optimizer state, and must not bloat checkpoints.
         self._saved: dict[torch.Tensor, torch.Tensor] = {}
         self._perturbed: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
-        self.ascent_grad_norm: torch.Tensor | None = None
 
     def add_param_group(self, param_group: dict) -> None:
         if "rho" in param_group:
@@ -87,7 +86,6 @@ class SharpnessAware(Optimizer):
         torch._foreach_copy_(saved, params)
         self._perturbed = (params, saved)
         if not params:
-            self.ascent_grad_norm = None
             return torch.zeros(())
 
         # ASAM: the norm is taken of |w| * g and the step is along w^2 * g. Both are built in
@@ -103,8 +101,7 @@ class SharpnessAware(Optimizer):
         for group, ps, gs in groups:
             if ps:
                 _ascend(ps, gs, scale=group["rho"] / norm, skip=skip)
-        self.ascent_grad_norm = norm if grad_scale is None else norm / grad_scale.to(norm.device)
-        return self.ascent_grad_norm
+        return norm if grad_scale is None else norm / grad_scale.to(norm.device)
 
     @torch.no_grad()
     def restore(self) -> None:
