@@ -2,8 +2,10 @@
 
     python benchmarks/glue_sweep.py --config benchmarks/sweep.yaml --data_dir ../shared/glue
 
-Phase "tune" runs every grid point at `tune_seed`; phase "final" repeats, for each (task,
-optimizer), the tuned point with the best dev `metric_for_best_model` over all `seeds`. A run is
+Phase "tune" runs the grid at `tune_seed`. A grid is one stage (a dict of value lists) or a list
+of stages: each later stage varies its keys around the best point found so far (e.g. the rho grid at
+the chosen lr), which costs a sum of grid sizes instead of a product. Phase "final" repeats, for each
+(task, optimizer), the tuned point with the best dev `metric_for_best_model` over all `seeds`. A run is
 named by the hash of its full configuration: a finished run's JSON under `--results` is found and
 skipped, so the sweep can be stopped and continued in pieces, across sessions.
 """
@@ -30,10 +32,14 @@ def run_key(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def grid_points(sweep: dict, optimizer: str) -> list[dict]:
+def grid_stages(sweep: dict, optimizer: str) -> list[dict]:
     grid = sweep["grid"][optimizer]
-    names = sorted(grid)
-    return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+    return grid if isinstance(grid, list) else [grid]
+
+
+def expand(stage: dict) -> list[dict]:
+    names = sorted(stage)
+    return [dict(zip(names, values)) for values in itertools.product(*(stage[n] for n in names))]
 
 
 def run_config(sweep: dict, task: str, optimizer: str, seed: int, point: dict, extra_args=()) -> dict:
@@ -72,18 +78,30 @@ def execute(config: dict, results: Path, data_dir: str | None, scratch: Path) ->
     return record
 
 
-def best_point(records: list[dict], task: str, optimizer: str, seed: int, metric: str, sweep: dict,
-               extra_args=()) -> dict | None:
-    """The grid point of the best tuning run (dev `metric`), or None if tuning is unfinished."""
-    points = grid_points(sweep, optimizer)
+def tuning_plan(records: list[dict], sweep: dict, task: str, optimizer: str, metric: str,
+                extra_args=()) -> tuple[list[dict], dict | None]:
+    """The tuning points known so far (stage by stage) and the best one, or None while unfinished."""
     by_key = {r["key"]: r for r in records}
-    scored = []
-    for point in points:
-        record = by_key.get(run_key(run_config(sweep, task, optimizer, seed, point, extra_args)))
-        if record is None:
-            return None
-        scored.append((record["result"][f"eval_{metric}"], point))
-    return max(scored, key=lambda s: s[0])[1]
+    points, best, best_score = [], {}, None
+    for stage in grid_stages(sweep, optimizer):
+        scored = [] if best_score is None else [(best_score, best)]
+        for point in [{**best, **p} for p in expand(stage)]:
+            if point not in points:
+                points.append(point)
+            record = by_key.get(run_key(run_config(sweep, task, optimizer, sweep["tune_seed"], point, extra_args)))
+            if record is None:
+                best = None
+            elif best is not None:
+                scored.append((record["result"][f"eval_{metric}"], point))
+        if best is None:
+            return points, None
+        best_score, best = max(scored, key=lambda s: s[0])  # ties: the earlier point
+    return points, best
+
+
+def best_point(records: list[dict], sweep: dict, task: str, optimizer: str, metric: str,
+               extra_args=()) -> dict | None:
+    return tuning_plan(records, sweep, task, optimizer, metric, extra_args)[1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,18 +137,27 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[sweep] done in {record['wall_s']:.0f}s: eval_{metric}={record['result'].get(f'eval_{metric}')}",
                   flush=True)
 
+    def configs_for(task, optimizer, seeds, points):
+        return [run_config(sweep, task, optimizer, s, p, extra) for p in points for s in seeds]
+
     for task in tasks:
         metric = get_task(task).metric_for_best_model
         for optimizer in optimizers:
             if args.phase in ("tune", "all"):
-                points = grid_points(sweep, optimizer)
-                run_many([run_config(sweep, task, optimizer, sweep["tune_seed"], p, extra) for p in points], metric)
+                done: list[dict] = []
+                while True:  # one stage at a time: a later stage's points depend on the earlier results
+                    points, best = tuning_plan(load_results(results), sweep, task, optimizer, metric, extra)
+                    run_many([p for p in configs_for(task, optimizer, [sweep["tune_seed"]], points) if p not in done],
+                             metric)
+                    done = configs_for(task, optimizer, [sweep["tune_seed"]], points)
+                    if best is not None or args.dry_run:
+                        break
             if args.phase in ("final", "all"):
-                best = best_point(load_results(results), task, optimizer, sweep["tune_seed"], metric, sweep, extra)
+                best = best_point(load_results(results), sweep, task, optimizer, metric, extra)
                 if best is None:
                     print(f"[sweep] {task}/{optimizer}: tuning unfinished, final runs wait", flush=True)
                     continue
-                run_many([run_config(sweep, task, optimizer, seed, best, extra) for seed in sweep["seeds"]], metric)
+                run_many(configs_for(task, optimizer, sweep["seeds"], [best]), metric)
     verb = "listed" if args.dry_run else "executed"
     print(f"[sweep] {counts['executed']} run(s) {verb}, {counts['skipped']} already done", flush=True)
     return 0

@@ -27,7 +27,9 @@ def test_toy_sweep_resumes_and_reports(tmp_path, glue_root, tiny_model_dir, caps
         "common": {"model_name_or_path": str(tiny_model_dir), "max_seq_length": 32, "max_steps": 2,
                    "max_train_samples": 32, "max_eval_samples": 32, "per_device_train_batch_size": 8,
                    "logging_steps": 1},
-        "grid": {"sgd": {"learning_rate": [0.01]}, "adasam": {"learning_rate": [1e-4], "sam_rho": [0.05]}},
+        "grid": {"sgd": {"learning_rate": [0.01]},
+                 # Two stages: rho 0.02 is tried at the lr chosen in stage one.
+                 "adasam": [{"learning_rate": [1e-4], "sam_rho": [0.05]}, {"sam_rho": [0.02]}]},
     }
     config = tmp_path / "sweep.yaml"
     config.write_text(yaml.safe_dump(sweep))
@@ -37,26 +39,33 @@ def test_toy_sweep_resumes_and_reports(tmp_path, glue_root, tiny_model_dir, caps
 
     assert glue_sweep.main(argv) == 0
     stored = sorted(results.glob("rte/*/*.json"))
-    assert [p.parent.name for p in stored] == ["adasam", "sgd"]
+    assert [p.parent.name for p in stored] == ["adasam", "adasam", "sgd"]
+    adasam_points = sorted((r["config"]["learning_rate"], r["config"]["sam_rho"])
+                           for r in map(json.loads, map(Path.read_text, stored[:2])))
+    assert adasam_points == [(1e-4, 0.02), (1e-4, 0.05)]
     for path in stored:
         record = json.loads(path.read_text())
         assert path.stem == record["key"] == glue_sweep.run_key(record["config"])
         assert 0.0 <= record["result"]["eval_accuracy"] <= 1.0
         assert [h["step"] for h in record["result"]["log_history"] if "loss" in h] == [1, 2]  # for the curves
     # The final run at seed 0 is the tuning run itself: same configuration, same hash, not run twice.
-    assert "2 run(s) executed, 2 already done" in capsys.readouterr().out
+    assert "3 run(s) executed, 2 already done" in capsys.readouterr().out
 
     before = {p: p.stat().st_mtime_ns for p in stored}
     assert glue_sweep.main(argv) == 0  # everything is found by its hash and skipped
-    assert "0 run(s) executed, 4 already done" in capsys.readouterr().out
+    assert "0 run(s) executed, 5 already done" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in stored} == before
 
     out = tmp_path / "docs" / "results.md"
     assert make_report.main(["--config", str(config), "--results", str(results), "--out", str(out),
                              "--cost", str(tmp_path / "no-cost.json")]) == 0
     report = out.read_text()
-    accuracies = {p.parent.name: 100 * json.loads(p.read_text())["result"]["eval_accuracy"] for p in stored}
-    for opt, acc in accuracies.items():
-        assert f"{acc:.2f} ± 0.00 (n=1)" in report, opt
+    records = glue_sweep.load_results(results)
+    for opt in sweep["optimizers"]:
+        best = glue_sweep.best_point(records, sweep, "rte", opt, "accuracy")
+        tuned = [r["result"]["eval_accuracy"] for r in records if r["config"]["optimizer"] == opt]
+        final = next(r for r in records if r["config"] == glue_sweep.run_config(sweep, "rte", opt, 0, best))
+        assert final["result"]["eval_accuracy"] == max(tuned)  # the final setting is the best tuned one
+        assert f"{100 * max(tuned):.2f} ± 0.00 (n=1)" in report, opt
     assert (out.parent / "results" / "curves_rte.png").stat().st_size > 1000
     assert "Not measured yet" in report
