@@ -13,18 +13,29 @@ One optimizer step over a gradient-accumulation window of k micro-batches (on ev
 
 The step is therefore the big-batch SAM step on the k micro-batches together, whatever the
 split into micro-batches and processes.
+
+Cheaper steps (`sam_mode`, `sam_interval`): a step that the schedule does not pick is the
+base optimizer's step on the first pass's gradient (steps 2-4 are skipped). In layer-sparse
+mode, step 2 perturbs a sampled subset of layers and step 3 runs with the other layers frozen,
+so their first-pass gradients stand and the second backward is shorter.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 from transformers import Trainer
 
 from .optim.factory import create_optimizer
+from .optim.layer_sampler import LayerSampler
+from .optim.schedule import SAMSchedule
 from .optim.sharpness import SharpnessAware
 from .training_args import SAMTrainingArguments
+
+
+LAYER_SAMPLER_NAME = "sam_layer_sampler.pt"
 
 
 class SAMTrainer(Trainer):
@@ -53,6 +64,8 @@ class SAMTrainer(Trainer):
         self._loss_uses_num_items: bool | None = None
         self._sam_stats: torch.Tensor | None = None  # running sums: ascent norm, perturbed loss
         self._sam_steps = 0
+        self._layer_sampler: LayerSampler | None = None  # built at the first layer-sparse step
+        self._layer_sampler_state: dict | None = None  # loaded from a checkpoint before that
 
     # --- optimizer ----------------------------------------------------------------------
 
@@ -90,25 +103,52 @@ class SAMTrainer(Trainer):
         self._window = batch_samples
         return batch_samples, num_items_in_batch
 
+    @property
+    def sam_schedule(self) -> SAMSchedule:
+        schedule = getattr(self.args, "sam_schedule", None)
+        return schedule() if schedule is not None else SAMSchedule()
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         num_items_in_batch = self._normalize_num_items(model, inputs, num_items_in_batch)
         sam = self.sam_optimizer
-        if sam is None:
-            return super().training_step(model, inputs, num_items_in_batch)
+        # global_step counts finished optimizer steps: constant over a GA window, equal on all ranks.
+        if sam is None or not self.sam_schedule.is_sam_step(self.state.global_step):
+            return super().training_step(model, inputs, num_items_in_batch)  # the base step's gradient
 
         with self._ascent_sync_context(model):
             loss = super().training_step(model, inputs, num_items_in_batch)  # gradient at w
         if not self.accelerator.sync_gradients:
             return loss  # the ascent gradient accumulates over the window
 
-        norm = sam.perturb(grad_scale=self._loss_scale())  # w <- w + e(w)
+        sampler = self._sampler(model, sam)
+        layers = sampler.sample(self.state.global_step) if sampler is not None else None
+        subset = None if sampler is None or sampler.samples_all else sampler.params_of(layers)
+        norm = sam.perturb(grad_scale=self._loss_scale(), params=subset)  # w <- w + e(w)
         try:
-            model.zero_grad()
-            perturbed_loss = self._replay_window(model, inputs, num_items_in_batch)  # gradient at w + e(w)
+            if subset is None:
+                model.zero_grad()
+                perturbed_loss = self._replay_window(model, inputs, num_items_in_batch)  # gradient at w + e(w)
+            else:
+                with _frozen_except(sampler, layers):  # only the sampled layers get a second gradient
+                    perturbed_loss = self._replay_window(model, inputs, num_items_in_batch)
         finally:
             sam.restore()  # w back, bit-exactly, before anything else can see the weights
+        if sampler is not None:
+            sampler.update(layers, sampler.layer_grad_norms(layers))
         self._record(norm, perturbed_loss)
         return loss
+
+    def _sampler(self, model, sam) -> LayerSampler | None:
+        """The layer bandit of sam_mode='layer-sparse' over the optimizer's parameters, or None."""
+        if getattr(self.args, "sam_mode", "full") != "layer-sparse":
+            return None
+        if self._layer_sampler is None:
+            in_optimizer = {p for group in sam.param_groups for p in group["params"]}
+            named = [(n, p) for n, p in self.accelerator.unwrap_model(model).named_parameters() if p in in_optimizer]
+            self._layer_sampler = LayerSampler(named, self.args.sam_layer_fraction, seed=self.args.seed)
+            if self._layer_sampler_state is not None:
+                self._layer_sampler.load_state_dict(self._layer_sampler_state)
+        return self._layer_sampler
 
     def _replay_window(self, model, inputs, num_items_in_batch) -> torch.Tensor:
         """The second pass over every micro-batch of the window; only the last one syncs."""
@@ -130,6 +170,21 @@ class SAMTrainer(Trainer):
         """The GradScaler's current scale as a tensor (no host sync), or None without one."""
         scaler = getattr(self.accelerator, "scaler", None)
         return getattr(scaler, "_scale", None) if scaler is not None and scaler.is_enabled() else None
+
+    # --- checkpoints: the layer bandit's weights travel with the optimizer ------------------
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        if self._layer_sampler is not None and self.args.should_save:
+            torch.save(self._layer_sampler.state_dict(), os.path.join(output_dir, LAYER_SAMPLER_NAME))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        path = os.path.join(checkpoint, LAYER_SAMPLER_NAME) if checkpoint else None
+        if path and os.path.isfile(path):
+            self._layer_sampler_state = torch.load(path, weights_only=True)
+            if self._layer_sampler is not None:
+                self._layer_sampler.load_state_dict(self._layer_sampler_state)
 
     # --- loss scaling -------------------------------------------------------------------
 
@@ -183,6 +238,27 @@ class SAMTrainer(Trainer):
             logs["sam_ascent_grad_norm"], logs["sam_perturbed_loss"] = (round(v, 6) for v in stats.tolist())
             self._sam_stats, self._sam_steps = None, 0
         super().log(logs, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def _frozen_except(sampler: LayerSampler, layers: list[int]):
+    """Zero the sampled layers' gradients and freeze every other layer for the second pass.
+
+    A frozen layer gets no weight gradient (its first-pass gradient stands), and autograd
+    stops below the lowest sampled layer. Setting flags is not tensor math: a Python loop.
+    """
+    sampled = set(layers)
+    frozen = [p for i in range(len(sampler)) if i not in sampled for p in sampler.params[i]]
+    grads = [p.grad for p in sampler.params_of(layers) if p.grad is not None]
+    if grads:
+        torch._foreach_zero_(grads)
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
 
 
 def _unwrap(optimizer):

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from .optim.factory import get_optimizer_spec, list_optimizers, validate_hparams
+from .optim.schedule import SAM_MODES, SAMSchedule, check_schedule
 
 SAM_ASCENTS = ("global", "local")
 
@@ -37,11 +38,31 @@ class SAMTrainingArguments(TrainingArguments):
         },
     )
 
+    sam_mode: str = field(
+        default="full",
+        metadata={
+            "help": "'full': the SAM step on every (sam_interval-th) step; 'rst': randomized switching, a SAM "
+            "step with probability sam_rst_prob, else a one-pass base step; 'layer-sparse': perturb and "
+            "re-differentiate only a sampled sam_layer_fraction of the layers.",
+            "choices": list(SAM_MODES),
+        },
+    )
+    sam_rst_prob: float = field(default=0.5, metadata={"help": "sam_mode='rst': probability of a SAM step."})
+    sam_interval: int = field(
+        default=1, metadata={"help": "A SAM step every k-th optimizer step, base steps in between (1: every step)."}
+    )
+    sam_layer_fraction: float = field(
+        default=0.25, metadata={"help": "sam_mode='layer-sparse': fraction of the layers perturbed per SAM step."}
+    )
+
     def __post_init__(self):
         self.optimizer = get_optimizer_spec(self.optimizer).name  # raises on unknown names
         if self.sam_ascent not in SAM_ASCENTS:
             raise ValueError(f"Invalid sam_ascent: {self.sam_ascent!r} (choose from: {', '.join(SAM_ASCENTS)})")
         validate_hparams(self.optimizer, **self.optimizer_hparams())
+        check_schedule(self.sam_mode, self.sam_rst_prob, self.sam_interval)
+        if not (isinstance(self.sam_layer_fraction, (int, float)) and 0.0 < self.sam_layer_fraction <= 1.0):
+            raise ValueError(f"Invalid sam_layer_fraction: {self.sam_layer_fraction!r} (must be in (0, 1])")
         super().__post_init__()
         if self.is_sharpness_aware and (self.fsdp or self.deepspeed):
             raise ValueError(
@@ -52,6 +73,10 @@ class SAMTrainingArguments(TrainingArguments):
     @property
     def is_sharpness_aware(self) -> bool:
         return get_optimizer_spec(self.optimizer).sharpness_aware
+
+    def sam_schedule(self) -> SAMSchedule:
+        """Which optimizer steps take the SAM step (the others take the base step)."""
+        return SAMSchedule(mode=self.sam_mode, rst_prob=self.sam_rst_prob, interval=self.sam_interval, seed=self.seed)
 
     def optimizer_hparams(self) -> dict:
         """The hyperparameters for `create_optimizer`, from these arguments."""

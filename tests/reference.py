@@ -30,10 +30,18 @@ class AdaSAMReference:
         self.v = [torch.zeros_like(w) for w in ws]
         self.vhat = [torch.full_like(w, eps**2) for w in ws]
 
-    def step(self, ws, grad_fn):
+    def step(self, ws, grad_fn, mask=None):
+        """`mask`: layer-sparse SAM; only the True tensors are perturbed (the norm spans them
+        alone) and take the gradient at w + e; the others keep the gradient at w."""
         s = grad_fn(ws)
-        e = ascent(ws, s, self.rho, self.adaptive)
-        g = grad_fn([w + ei for w, ei in zip(ws, e)])
+        if mask is None:
+            e = ascent(ws, s, self.rho, self.adaptive)
+            g = grad_fn([w + ei for w, ei in zip(ws, e)])
+        else:
+            picked = [i for i, m in enumerate(mask) if m]
+            e = dict(zip(picked, ascent([ws[i] for i in picked], [s[i] for i in picked], self.rho, self.adaptive)))
+            at_e = grad_fn([w + e[i] if i in e else w for i, w in enumerate(ws)])
+            g = [at_e[i] if i in e else s[i] for i in range(len(ws))]
         lrs = self.lr if isinstance(self.lr, (list, tuple)) else [self.lr] * len(ws)
         out = []
         for i, (w, gi) in enumerate(zip(ws, g)):

@@ -39,12 +39,14 @@ class TinyDataset(torch.utils.data.Dataset):
         return {"input_ids": self.input_ids[i], "attention_mask": ones, "labels": self.labels[i]}
 
 
-def full_batch_reference(model, dataset, *, optimizer: str, steps: int, batch: int, no_ascent_steps=(), **hp):
+def full_batch_reference(model, dataset, *, optimizer: str, steps: int, batch: int, no_ascent_steps=(),
+                         perturbed_names=None, **hp):
     """Weights after `steps` full-batch steps on examples [t*batch, (t+1)*batch), in float64.
 
     The loss is the plain mean cross-entropy over the batch, computed here from the logits;
     the optimizer math is tests/reference.py, written from the papers. Steps listed in
     `no_ascent_steps` take their gradient at w (e = 0), as a skipped perturbation does.
+    `perturbed_names[t]`: layer-sparse SAM at step t, only these parameters perturbed (AdaSAM).
     """
     model = model.double()
     names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -61,7 +63,10 @@ def full_batch_reference(model, dataset, *, optimizer: str, steps: int, batch: i
             return list(torch.autograd.grad(torch.nn.functional.cross_entropy(logits, labels), ws))
 
         ref.rho = 0.0 if t in no_ascent_steps else hp.get("rho", 0.05)
-        ws = ref.step(ws, grad_fn)
+        if perturbed_names is not None and t in perturbed_names:
+            ws = ref.step(ws, grad_fn, mask=[n in perturbed_names[t] for n in names])
+        else:
+            ws = ref.step(ws, grad_fn)
     return dict(zip(names, ws))
 
 

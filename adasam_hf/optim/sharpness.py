@@ -18,7 +18,7 @@ or, in one call, ``opt.step(closure)``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch.optim import Optimizer
@@ -57,7 +57,8 @@ class SharpnessAware(Optimizer):
     # --- the protocol -------------------------------------------------------------------
 
     @torch.no_grad()
-    def perturb(self, grad_scale: torch.Tensor | None = None) -> torch.Tensor:
+    def perturb(self, grad_scale: torch.Tensor | None = None,
+                params: Iterable[torch.Tensor] | None = None) -> torch.Tensor:
         """Move w to w + e(w) with the gradients now present; return the ascent gradient norm.
 
         The norm is global: one L2 norm over every parameter of every group, because e(w) is
@@ -70,12 +71,15 @@ class SharpnessAware(Optimizer):
         Args:
             grad_scale: the loss scale the gradients carry (a GradScaler's scale), if any.
                 e(w) is scale-invariant; only the returned norm is divided by it.
+            params: perturb only these (layer-sparse SAM): e(w) is the ascent of radius rho in
+                their subspace, so the norm spans them alone. Default: every parameter.
         """
         if self._perturbed is not None:
             raise RuntimeError("perturb() called twice without restore() in between")
+        only = None if params is None else set(params)
         groups = []  # (group, params with a gradient, their gradients)
         for group in self.param_groups:
-            ps = [p for p in group["params"] if p.grad is not None]
+            ps = [p for p in group["params"] if p.grad is not None and (only is None or p in only)]
             gs = [p.grad for p in ps]
             if any(g.is_sparse for g in gs):
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")

@@ -1,0 +1,251 @@
+"""Cheaper SAM steps (sam_mode rst / layer-sparse, sam_interval) against the float64 reference.
+
+Each mode must reduce to plain AdaSAM at p = 1, k = 1, fraction = 1, and the steps it takes
+without the second pass must be exactly the base optimizer's step on the gradient at w.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import HfArgumentParser, TrainerCallback
+
+from adasam_hf import SAM, SAMTrainer, SAMTrainingArguments
+from adasam_hf.optim.layer_sampler import LayerSampler, layer_name
+from adasam_hf.optim.schedule import SAMSchedule
+from test_trainer import BATCH, CountForwards, make_args
+from tiny import TinyDataset, assert_weights_close, full_batch_reference, tiny_bert
+
+STEPS = 6
+
+
+@pytest.mark.parametrize(
+    "mode", [{"sam_mode": "rst", "sam_rst_prob": 1.0}, {"sam_interval": 1},
+             {"sam_mode": "layer-sparse", "sam_layer_fraction": 1.0}], ids=["rst-p1", "interval-1", "layer-sparse-f1"]
+)
+def test_modes_at_their_limit_are_plain_adasam(tmp_path, mode):
+    model, data = tiny_bert(), TinyDataset()
+    expected = full_batch_reference(tiny_bert(), data, optimizer="adasam", steps=STEPS, batch=BATCH, lr=0.01, rho=0.05)
+    forwards = CountForwards(model)
+    SAMTrainer(model=model, args=make_args(tmp_path, 4, 2, max_steps=STEPS, **mode), train_dataset=data).train()
+    assert_weights_close(model, expected)
+    assert forwards.n == 2 * 2 * STEPS
+
+
+def test_interval_base_steps_are_adasams_update_at_w(tmp_path):
+    model, data = tiny_bert(), TinyDataset()
+    expected = full_batch_reference(tiny_bert(), data, optimizer="adasam", steps=STEPS, batch=BATCH, lr=0.01,
+                                    rho=0.05, no_ascent_steps={1, 2, 4, 5})
+    forwards = CountForwards(model)
+    args = make_args(tmp_path, 4, 2, max_steps=STEPS, sam_interval=3)
+    SAMTrainer(model=model, args=args, train_dataset=data).train()
+    assert_weights_close(model, expected)
+    assert forwards.n == 2 * (2 * 2 + 4 * 1)  # GA 2: two SAM steps (2 passes), four base steps (1 pass)
+
+
+def test_interval_base_steps_are_plain_sgd(tmp_path):
+    """SAM over SGD: the steps in between are torch's SGD on the gradient at w."""
+    model, data = tiny_bert(), TinyDataset()
+    expected = full_batch_reference(tiny_bert(), data, optimizer="sam-sgd", steps=STEPS, batch=BATCH, lr=0.5,
+                                    momentum=0.9, rho=0.05, no_ascent_steps={1, 3, 5})
+    sam = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.5, momentum=0.9)
+    args = make_args(tmp_path, 4, 2, max_steps=STEPS, sam_interval=2)
+    SAMTrainer(model=model, args=args, train_dataset=data, optimizers=(sam, None)).train()
+    assert_weights_close(model, expected)
+
+
+def test_rst_switches_by_its_documented_draw(tmp_path):
+    seed, prob = 3, 0.5
+    # The rule, restated: step t is a SAM step iff Random(f"{seed}:{t}").random() < p.
+    base_steps = {t for t in range(STEPS) if random.Random(f"{seed}:{t}").random() >= prob}
+    assert 0 < len(base_steps) < STEPS  # both kinds of step occur in this run
+    model, data = tiny_bert(), TinyDataset()
+    expected = full_batch_reference(tiny_bert(), data, optimizer="adasam", steps=STEPS, batch=BATCH, lr=0.01,
+                                    rho=0.05, no_ascent_steps=base_steps)
+    forwards = CountForwards(model)
+    args = make_args(tmp_path, 4, 2, max_steps=STEPS, sam_mode="rst", sam_rst_prob=prob, seed=seed)
+    SAMTrainer(model=model, args=args, train_dataset=data).train()
+    assert_weights_close(model, expected)
+    assert forwards.n == 2 * (2 * (STEPS - len(base_steps)) + len(base_steps))
+
+
+def test_rst_draws_have_the_right_rate_and_agree_across_ranks():
+    ranks = [SAMSchedule(mode="rst", rst_prob=0.3, seed=7) for _ in range(2)]  # built apart, as on two ranks
+    picks = [[s.is_sam_step(t) for t in range(20000)] for s in ranks]
+    assert picks[0] == picks[1]
+    assert abs(sum(picks[0]) / 20000 - 0.3) < 0.015  # binomial std 0.0032
+    # A pure function of (seed, step): asking out of order (a resumed run) gives the same answers.
+    assert [ranks[0].is_sam_step(t) for t in reversed(range(100))] == picks[0][:100][::-1]
+    assert picks[0] != [SAMSchedule(mode="rst", rst_prob=0.3, seed=8).is_sam_step(t) for t in range(20000)]
+
+
+def test_interval_with_rst_combines():
+    schedule = SAMSchedule(mode="rst", rst_prob=0.5, interval=4, seed=0)
+    sam_steps = [t for t in range(400) if schedule.is_sam_step(t)]
+    assert all(t % 4 == 0 for t in sam_steps) and 30 < len(sam_steps) < 70
+
+
+def test_layer_sparse_step_equals_the_masked_reference(tmp_path):
+    """Only the sampled layers are perturbed (norm over them) and take the gradient at w + e;
+    the frozen layers keep their first-pass gradient."""
+    model, data = tiny_bert(), TinyDataset()
+    sampled: dict[int, list[int]] = {}
+
+    original = LayerSampler.sample
+
+    def spy(self, step):
+        sampled[step] = original(self, step)
+        return sampled[step]
+
+    args = make_args(tmp_path, 4, 2, max_steps=STEPS, sam_mode="layer-sparse", sam_layer_fraction=0.4)
+    trainer = SAMTrainer(model=model, args=args, train_dataset=data)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(LayerSampler, "sample", spy)
+        trainer.train()
+    sampler = trainer._layer_sampler
+    # Tiny BERT: embeddings, two encoder layers, pooler, classifier; 0.4 of 5 layers -> 2 per step.
+    assert sampler.names == ["bert.embeddings", "bert.encoder.layer.0", "bert.encoder.layer.1", "bert.pooler",
+                             "classifier"]
+    assert sorted(sampled) == list(range(STEPS)) and all(len(v) == 2 for v in sampled.values())
+    assert len({tuple(v) for v in sampled.values()}) > 1  # the draw changes from step to step
+    names = {id(p): n for n, p in model.named_parameters()}
+    perturbed = {t: {names[id(p)] for p in sampler.params_of(layers)} for t, layers in sampled.items()}
+    expected = full_batch_reference(tiny_bert(), data, optimizer="adasam", steps=STEPS, batch=BATCH, lr=0.01,
+                                    rho=0.05, perturbed_names=perturbed)
+    assert_weights_close(model, expected)
+    assert all(p.requires_grad for p in model.parameters())  # unfrozen after every step
+
+
+def test_layer_sparse_under_torchrun_equals_the_masked_reference(tmp_path):
+    """DDP, 2 processes x batch 4: the frozen layers are DDP's unused parameters in the second
+    pass; their all-reduced first-pass gradients must stand, and both ranks must agree."""
+    torchrun = shutil.which("torchrun") or pytest.skip("torchrun not on PATH")
+    here = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", str(here / "ddp_worker.py"), str(tmp_path),
+           "layer-sparse"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert ranks[0]["world_size"] == 2 and ranks[0]["perturbed"] == ranks[1]["perturbed"]
+    for n, w in ranks[0]["weights"].items():
+        assert torch.equal(w, ranks[1]["weights"][n]), n
+    perturbed = {t: set(names) for t, names in ranks[0]["perturbed"].items()}
+    assert len(perturbed) == 3 and all(len(v) < len(ranks[0]["weights"]) for v in perturbed.values())
+    expected = full_batch_reference(tiny_bert(), TinyDataset(), optimizer="adasam", steps=3, batch=BATCH, lr=0.01,
+                                    rho=0.05, perturbed_names=perturbed)
+    for n, w in expected.items():
+        torch.testing.assert_close(ranks[0]["weights"][n], w, rtol=1e-9, atol=1e-11)
+
+
+def test_layer_sparse_second_backward_skips_frozen_layers(tmp_path):
+    """Frozen layers get no weight-gradient kernel in the second pass: count AccumulateGrad calls."""
+    model, data = tiny_bert(), TinyDataset()
+    accumulated = []
+    for name, p in model.named_parameters():
+        p.register_post_accumulate_grad_hook(lambda p, name=name: accumulated.append(name))
+    args = make_args(tmp_path, 8, 1, max_steps=1, sam_mode="layer-sparse", sam_layer_fraction=0.2)
+    trainer = SAMTrainer(model=model, args=args, train_dataset=data)
+    trainer.train()
+    n_params = len(list(model.parameters()))
+    sampled_params = len(trainer._layer_sampler.params_of(trainer._layer_sampler.sample(0)))
+    assert len(accumulated) == n_params + sampled_params < 2 * n_params
+
+
+def test_layer_sampler_bandit_update_matches_exp3():
+    params = [(f"encoder.layer.{i}.w", torch.zeros(2)) for i in range(4)] + [("head.out.bias", torch.zeros(1))]
+    sampler = LayerSampler(params, fraction=0.4, seed=0, gamma=0.2, discount=0.9)
+    arms = [f"encoder.layer.{i}" for i in range(4)] + ["head.out"]
+    assert [layer_name(n) for n, _ in params] == sampler.names == arms
+    assert sampler.num_sampled == 2
+    torch.testing.assert_close(sampler.probabilities(), torch.full((5,), 0.2, dtype=torch.float64))
+
+    sampler.update([1, 3], torch.tensor([2.0, 4.0]))
+    # EXP3 by hand: p = 0.2 each, inclusion pi = min(1, 2 * 0.2) = 0.4, rewards 0.5 and 1.0.
+    log_w = torch.zeros(5, dtype=torch.float64)
+    log_w[1], log_w[3] = 0.2 / 5 * 0.5 / 0.4, 0.2 / 5 * 1.0 / 0.4
+    torch.testing.assert_close(sampler.log_weights, log_w)
+    expected_p = 0.8 * torch.exp(log_w) / torch.exp(log_w).sum() + 0.2 / 5
+    torch.testing.assert_close(sampler.probabilities(), expected_p)
+
+    sampler.update([0, 1], torch.tensor([1.0, 1.0]))
+    pi = (2 * expected_p[[0, 1]]).clamp(max=1)
+    log_w = 0.9 * log_w
+    log_w[[0, 1]] += 0.2 / 5 / pi
+    torch.testing.assert_close(sampler.log_weights, log_w)
+
+    before = sampler.log_weights.clone()
+    sampler.update([2, 4], torch.tensor([float("inf"), 1.0]))  # an overflowed step teaches nothing
+    assert torch.equal(sampler.log_weights, before)
+
+
+def test_layer_sampler_draws_follow_the_probabilities_and_are_rank_independent():
+    params = [(f"layers.{i}.w", torch.zeros(1)) for i in range(4)]
+    a, b = (LayerSampler(params, fraction=0.25, seed=1) for _ in range(2))
+    a.log_weights = b.log_weights = torch.tensor([0.0, 1.0, 2.0, 3.0], dtype=torch.float64)
+    draws = [a.sample(t) for t in range(6000)]
+    assert draws == [b.sample(t) for t in range(6000)]
+    freq = torch.bincount(torch.tensor([d[0] for d in draws]), minlength=4).double() / 6000
+    torch.testing.assert_close(freq, a.probabilities(), atol=0.025, rtol=0)
+
+    state = a.state_dict()
+    c = LayerSampler(params, fraction=0.25, seed=1)
+    c.load_state_dict(state)
+    assert [c.sample(t) for t in range(50)] == draws[:50]
+    with pytest.raises(ValueError, match="different set of layers"):
+        LayerSampler(params[:3], fraction=0.5).load_state_dict(state)
+
+
+def test_resume_is_bitwise_in_layer_sparse_and_rst_modes(tmp_path):
+    data = TinyDataset()
+    common = dict(max_steps=6, train_sampling_strategy="random", save_strategy="steps", save_steps=3,
+                  learning_rate=0.003, sam_mode="layer-sparse", sam_layer_fraction=0.4, sam_interval=1)
+    for mode in ({}, {"sam_mode": "rst", "sam_rst_prob": 0.5}):
+        kw = {**common, **mode}
+        tag = kw["sam_mode"]
+        full = tiny_bert()
+        SAMTrainer(model=full, args=make_args(tmp_path / tag / "a", 4, 2, **kw), train_dataset=data).train()
+
+        args = make_args(tmp_path / tag / "b", 4, 2, **kw)
+        trainer = SAMTrainer(model=tiny_bert(), args=args, train_dataset=data)
+
+        class StopAt3(TrainerCallback):
+            def on_step_end(self, args, state, control, **kw):
+                control.should_training_stop = state.global_step == 3
+
+        trainer.add_callback(StopAt3())
+        trainer.train()
+        ckpt = Path(args.output_dir) / "checkpoint-3"
+        assert (ckpt / "sam_layer_sampler.pt").exists() == (tag == "layer-sparse")
+
+        resumed = tiny_bert(seed=123)
+        SAMTrainer(model=resumed, args=make_args(tmp_path / tag / "b", 4, 2, **kw), train_dataset=data).train(
+            resume_from_checkpoint=str(ckpt))
+        for (n, x), y in zip(full.named_parameters(), resumed.parameters()):
+            assert torch.equal(x, y), (tag, n)
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--sam_mode", "sparse", "Invalid sam_mode: 'sparse' (choose from: full, rst, layer-sparse)"),
+    ("--sam_rst_prob", "0", "Invalid sam_rst_prob: 0.0 (must be in (0, 1])"),
+    ("--sam_interval", "0", "Invalid sam_interval: 0 (must be an integer >= 1)"),
+    ("--sam_layer_fraction", "1.5", "Invalid sam_layer_fraction: 1.5 (must be in (0, 1])"),
+])
+def test_bad_mode_values_name_the_value_and_the_choices(tmp_path, flag, value, message):
+    parser = HfArgumentParser(SAMTrainingArguments)
+    argv = ["--output_dir", str(tmp_path), "--use_cpu", "true", flag, value]
+    if flag == "--sam_mode":
+        with pytest.raises(SystemExit):  # argparse's own choices check, exit code 2
+            parser.parse_args_into_dataclasses(argv)
+        with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            SAMTrainingArguments(output_dir=str(tmp_path), use_cpu=True, sam_mode=value)
+        return
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        parser.parse_args_into_dataclasses(argv)
