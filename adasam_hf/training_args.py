@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
+from transformers.utils import logging
 
 from .optim.factory import get_optimizer_spec, list_optimizers, validate_hparams
 from .optim.schedule import SAM_MODES, SAMSchedule, check_schedule
+
+logger = logging.get_logger(__name__)
 
 SAM_ASCENTS = ("global", "local")
 
@@ -64,6 +67,9 @@ class SAMTrainingArguments(TrainingArguments):
         if not (isinstance(self.sam_layer_fraction, (int, float)) and 0.0 < self.sam_layer_fraction <= 1.0):
             raise ValueError(f"Invalid sam_layer_fraction: {self.sam_layer_fraction!r} (must be in (0, 1])")
         super().__post_init__()
+        if not self.is_sharpness_aware and (self.sam_mode != "full" or self.sam_interval != 1):
+            logger.warning(f"sam_mode={self.sam_mode!r} / sam_interval={self.sam_interval} have no effect with "
+                           f"optimizer {self.optimizer!r}, which is not a SAM-type optimizer")
         if self.is_sharpness_aware and (self.fsdp or self.deepspeed):
             raise ValueError(
                 f"SAMTrainer does not support {'FSDP' if self.fsdp else 'DeepSpeed'} with optimizer "

@@ -5,7 +5,8 @@
 Phase "tune" runs the grid at `tune_seed`. A grid is one stage (a dict of value lists) or a list
 of stages: each later stage varies its keys around the best point found so far (e.g. the rho grid at
 the chosen lr), which costs a sum of grid sizes instead of a product. Phase "final" repeats, for each
-(task, optimizer), the tuned point with the best dev `metric_for_best_model` over all `seeds`. A run is
+(task, optimizer), the tuned point with the best dev `metric_for_best_model` over all `seeds`,
+then each variant (an optimizer at its tuned point with some settings changed) over all `seeds`. A run is
 named by the hash of its full configuration: a finished run's JSON under `--results` is found and
 skipped, so the sweep can be stopped and continued in pieces, across sessions.
 """
@@ -49,7 +50,24 @@ def run_config(sweep: dict, task: str, optimizer: str, seed: int, point: dict, e
 
 
 def result_path(results: Path, config: dict) -> Path:
-    return results / config["task"] / config["optimizer"] / f"{run_key(config)}.json"
+    return results / config["task"] / config.get("variant", config["optimizer"]) / f"{run_key(config)}.json"
+
+
+def final_configs(records: list[dict], sweep: dict, task: str, name: str, metric: str,
+                  extra_args=()) -> list[dict] | None:
+    """The final runs (one per seed) of an optimizer or a variant, or None while tuning is unfinished.
+
+    A variant (`variants:` in the sweep file) is its base optimizer at the base's tuned point
+    with a few settings changed (e.g. sam_mode): it is not tuned on its own.
+    """
+    variant = sweep.get("variants", {}).get(name)
+    optimizer = variant["base"] if variant else name
+    best = best_point(records, sweep, task, optimizer, metric, extra_args)
+    if best is None:
+        return None
+    overrides = {k: v for k, v in variant.items() if k != "base"} if variant else {}
+    configs = [run_config(sweep, task, optimizer, seed, {**best, **overrides}, extra_args) for seed in sweep["seeds"]]
+    return [{**c, "variant": name} for c in configs] if variant else configs
 
 
 def load_results(results: Path) -> list[dict]:
@@ -64,7 +82,7 @@ def execute(config: dict, results: Path, data_dir: str | None, scratch: Path) ->
     from adasam_hf.cli import finetune, parse_args
 
     out = scratch / run_key(config)
-    argv = [f"--{k}={v}" for k, v in config.items() if k != "extra_args"]
+    argv = [f"--{k}={v}" for k, v in config.items() if k not in ("extra_args", "variant")]
     argv += [f"--output_dir={out}", "--save_strategy=no", "--load_best_model_at_end=false",
              "--eval_strategy=epoch", "--report_to=none", "--disable_tqdm=true", *config.get("extra_args", [])]
     if data_dir:
@@ -112,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phase", choices=["tune", "final", "all"], default="all")
     parser.add_argument("--tasks", nargs="*", help="subset of the config's tasks")
     parser.add_argument("--optimizers", nargs="*", help="subset of the config's optimizers")
+    parser.add_argument("--variants", nargs="*", help="subset of the config's variants (default: all)")
     parser.add_argument("--scratch", default=str(REPO / "runs" / "sweep"), help="run output dirs (deleted after)")
     parser.add_argument("--dry_run", action="store_true", help="list the runs that would execute")
     args, extra = parser.parse_known_args(argv)  # extra: passed to every run (e.g. --max_steps 2)
@@ -122,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     results, scratch = Path(args.results), Path(args.scratch)
     tasks = args.tasks or sweep["tasks"]
     optimizers = args.optimizers or sweep["optimizers"]
+    variants = args.variants if args.variants is not None else list(sweep.get("variants", {}))
     counts = {"executed": 0, "skipped": 0}
 
     def run_many(configs: list[dict], metric: str) -> None:
@@ -152,12 +172,12 @@ def main(argv: list[str] | None = None) -> int:
                     done = configs_for(task, optimizer, [sweep["tune_seed"]], points)
                     if best is not None or args.dry_run:
                         break
-            if args.phase in ("final", "all"):
-                best = best_point(load_results(results), sweep, task, optimizer, metric, extra)
-                if best is None:
-                    print(f"[sweep] {task}/{optimizer}: tuning unfinished, final runs wait", flush=True)
-                    continue
-                run_many(configs_for(task, optimizer, sweep["seeds"], [best]), metric)
+        for name in optimizers + variants if args.phase in ("final", "all") else []:
+            finals = final_configs(load_results(results), sweep, task, name, metric, extra)
+            if finals is None:
+                print(f"[sweep] {task}/{name}: tuning unfinished, final runs wait", flush=True)
+                continue
+            run_many(finals, metric)
     verb = "listed" if args.dry_run else "executed"
     print(f"[sweep] {counts['executed']} run(s) {verb}, {counts['skipped']} already done", flush=True)
     return 0

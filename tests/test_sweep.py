@@ -30,6 +30,8 @@ def test_toy_sweep_resumes_and_reports(tmp_path, glue_root, tiny_model_dir, caps
         "grid": {"sgd": {"learning_rate": [0.01]},
                  # Two stages: rho 0.02 is tried at the lr chosen in stage one.
                  "adasam": [{"learning_rate": [1e-4], "sam_rho": [0.05]}, {"sam_rho": [0.02]}]},
+        # A variant: AdaSAM at its tuned point with randomized switching, final seeds only.
+        "variants": {"adasam-rst": {"base": "adasam", "sam_mode": "rst", "sam_rst_prob": 0.5}},
     }
     config = tmp_path / "sweep.yaml"
     config.write_text(yaml.safe_dump(sweep))
@@ -38,7 +40,7 @@ def test_toy_sweep_resumes_and_reports(tmp_path, glue_root, tiny_model_dir, caps
             "--scratch", str(tmp_path / "scratch")]
 
     assert glue_sweep.main(argv) == 0
-    stored = sorted(results.glob("rte/*/*.json"))
+    stored = sorted(p for p in results.glob("rte/*/*.json") if p.parent.name != "adasam-rst")
     assert [p.parent.name for p in stored] == ["adasam", "adasam", "sgd"]
     adasam_points = sorted((r["config"]["learning_rate"], r["config"]["sam_rho"])
                            for r in map(json.loads, map(Path.read_text, stored[:2])))
@@ -49,11 +51,14 @@ def test_toy_sweep_resumes_and_reports(tmp_path, glue_root, tiny_model_dir, caps
         assert 0.0 <= record["result"]["eval_accuracy"] <= 1.0
         assert [h["step"] for h in record["result"]["log_history"] if "loss" in h] == [1, 2]  # for the curves
     # The final run at seed 0 is the tuning run itself: same configuration, same hash, not run twice.
-    assert "3 run(s) executed, 2 already done" in capsys.readouterr().out
+    assert "4 run(s) executed, 2 already done" in capsys.readouterr().out
+    variant = [json.loads(p.read_text()) for p in results.glob("rte/adasam-rst/*.json")]
+    assert len(variant) == 1 and variant[0]["config"]["sam_mode"] == "rst"
+    assert "--sam_rst_prob=0.5" in variant[0]["argv"]
 
     before = {p: p.stat().st_mtime_ns for p in stored}
     assert glue_sweep.main(argv) == 0  # everything is found by its hash and skipped
-    assert "0 run(s) executed, 5 already done" in capsys.readouterr().out
+    assert "0 run(s) executed, 6 already done" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in stored} == before
 
     out = tmp_path / "docs" / "results.md"
@@ -67,5 +72,7 @@ def test_toy_sweep_resumes_and_reports(tmp_path, glue_root, tiny_model_dir, caps
         final = next(r for r in records if r["config"] == glue_sweep.run_config(sweep, "rte", opt, 0, best))
         assert final["result"]["eval_accuracy"] == max(tuned)  # the final setting is the best tuned one
         assert f"{100 * max(tuned):.2f} ± 0.00 (n=1)" in report, opt
+    header = next(line for line in report.splitlines() if line.startswith("| task (metric)"))
+    assert "| adasam-rst |" in header
     assert (out.parent / "results" / "curves_rte.png").stat().st_size > 1000
     assert "Not measured yet" in report

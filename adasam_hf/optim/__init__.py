@@ -9,13 +9,17 @@ from .factory import (
     list_optimizers,
     register_optimizer,
 )
+from .layer_sampler import LayerSampler
 from .sam import SAM
+from .schedule import SAMSchedule
 from .sharpness import SharpnessAware
 
 __all__ = [
     "AdaSAM",
+    "LayerSampler",
     "OptimizerSpec",
     "SAM",
+    "SAMSchedule",
     "SharpnessAware",
     "create_optimizer",
     "get_optimizer_spec",
