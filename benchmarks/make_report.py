@@ -168,6 +168,24 @@ def cost_section(cost_path: Path) -> list[str]:
     return lines
 
 
+def runs_section(records, sweep, tasks) -> list[str]:
+    """Every stored run, so partial sweeps and the tuning behind each choice are visible."""
+    from adasam_hf.data import get_task
+
+    lines = ["## Appendix: every stored run", "",
+             "| task | optimizer / variant | seed | setting | dev metric | wall (min) |", "|---|---|---|---|---|---|"]
+    shown = {"task", "optimizer", "seed", "variant", "extra_args", *sweep["common"]}
+    for r in sorted(records, key=lambda r: (tasks.index(r["config"]["task"]) if r["config"]["task"] in tasks else 99,
+                                            r["config"].get("variant", r["config"]["optimizer"]), r["config"]["seed"],
+                                            json.dumps(r["config"], sort_keys=True))):
+        c = r["config"]
+        metric = get_task(c["task"]).metric_for_best_model
+        setting = ", ".join(f"{k}={v}" for k, v in sorted(c.items()) if k not in shown)
+        lines.append(f"| {c['task']} | {c.get('variant', c['optimizer'])} | {c['seed']} | {setting} | "
+                     f"{metric} {100 * r['result'][f'eval_{metric}']:.2f} | {r['wall_s'] / 60:.1f} |")
+    return lines + [""]
+
+
 def modes_cost_section(path: Path) -> list[str]:
     lines = ["### Cheaper SAM steps (sam_mode, sam_interval): time per step, ratio to AdamW", ""]
     if not path.exists():
@@ -217,6 +235,7 @@ def main(argv=None) -> int:
               "python benchmarks/optimizer_cost.py --json docs/results/cost.json",
               "python benchmarks/sam_modes_cost.py --json docs/results/sam_modes_cost.json",
               "python benchmarks/make_report.py", "```", ""]
+    lines += runs_section(records, sweep, tasks)
     out.write_text("\n".join(lines))
     print(f"wrote {out} ({len(records)} runs)")
     return 0
