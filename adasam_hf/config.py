@@ -39,6 +39,7 @@ __all__ = [
     "load_yaml",
     "resolve_config",
     "resolve_model_path",
+    "resolve_settings",
 ]
 
 # The configs/ folder of the source tree; the package is meant to be installed editable (`pip install -e .`).
@@ -211,7 +212,7 @@ def resolve_config(
         UnknownGlueTaskError: The task is not a GLUE task.
     """
     config_dir = Path(config_dir) if config_dir is not None else CONFIG_DIR
-    actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest != "help"}
+    actions = _flag_actions(parser)
     user = load_yaml(config) if config else None
 
     if task is None and user is not None and "task" in user.data:
@@ -230,15 +231,43 @@ def resolve_config(
 
     for layer in layers:
         _check_layer(layer, task, actions)
+    merged = _merge(layers, optimizer, actions)
+    merged["task"] = task.name
+    return merged
+
+
+def resolve_settings(
+    parser: argparse.ArgumentParser, files: list[str | os.PathLike], optimizer: str | None = None
+) -> dict[str, Any]:
+    """Merge settings files that belong to no GLUE task (`scripts/finetune_lm.py`'s), lowest precedence first.
+
+    Checked and merged as in `resolve_config`, with the same ``optimizers:`` table; the result, with the resolved
+    ``optimizer``, is meant for ``parser.set_defaults(**result)``.
+
+    Raises:
+        ConfigError: A file is missing or malformed; a key is unknown; a value has the wrong type or choice.
+    """
+    actions = _flag_actions(parser)
+    layers = [load_yaml(f) for f in files]
+    for layer in layers:
+        _check_layer(layer, None, actions)
+    return _merge(layers, optimizer, actions)
+
+
+def _flag_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {a.dest: a for a in parser._actions if a.option_strings and a.dest != "help"}
+
+
+def _merge(layers: list[YamlFile], optimizer: str | None, actions) -> dict[str, Any]:
+    """The checked layers merged in order, each file's entry for the chosen optimizer over its top level."""
     if optimizer is None:
         optimizer = next((lay.data["optimizer"] for lay in reversed(layers) if "optimizer" in lay.data), None)
     optimizer = get_optimizer_spec(optimizer or actions["optimizer"].default).name
-
     merged: dict[str, Any] = {}
     for layer in layers:
         merged.update({k: v for k, v in layer.data.items() if k not in _FACTS and k != _OPTIMIZERS_KEY})
         merged.update(layer.data.get(_OPTIMIZERS_KEY, {}).get(optimizer) or {})
-    merged.update(task=task.name, optimizer=optimizer)
+    merged["optimizer"] = optimizer
     return merged
 
 
@@ -250,10 +279,11 @@ def _check_task(layer: YamlFile, value) -> GlueTask:
     return get_task(value)
 
 
-def _check_layer(layer: YamlFile, task: GlueTask, actions: Mapping[str, argparse.Action]) -> None:
-    """Check every key and value of one file in place (string values are converted to the flag's type)."""
+def _check_layer(layer: YamlFile, task: GlueTask | None, actions: Mapping[str, argparse.Action]) -> None:
+    """Check every key and value of one file in place (string values are converted to the flag's type).
+    Without a task (the LM command), task facts are unknown keys."""
     settable = sorted(set(actions) - _NOT_IN_YAML)
-    top_level = settable + [*_FACTS, _OPTIMIZERS_KEY]
+    top_level = settable + ([*_FACTS] if task is not None else []) + [_OPTIMIZERS_KEY]
     for key, value in layer.data.items():
         where = layer.where(key)
         if key not in top_level:
@@ -272,7 +302,7 @@ def _check_layer(layer: YamlFile, task: GlueTask, actions: Mapping[str, argparse
         else:
             layer.data[key] = _coerce(where, key, value, actions[key])
     best = layer.data.get("metric_for_best_model")
-    if best is not None and best not in (*task.metric_names, "loss"):
+    if task is not None and best is not None and best not in (*task.metric_names, "loss"):
         raise ConfigError(
             f"{layer.where('metric_for_best_model')}: metric_for_best_model {best!r} is not a metric of "
             f"{task.name!r} (choose from: {', '.join([*task.metric_names, 'loss'])})"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from adasam_hf import SAM, AdaSAM, create_optimizer, list_optimizers
-from reference import AdaSAMReference, SAMSGDReference
+from reference import AdaSAMReference, SAMSGDReference, ascent
 
 STEPS = 25
 
@@ -181,6 +181,29 @@ def test_zero_or_nonfinite_norm_leaves_weights_untouched(name, bad):
     opt.restore()
     for p, b in zip(params, before):
         assert torch.equal(p, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_half_precision_ascent_matches_reference(dtype, adaptive):
+    """Every element moves (torch's CPU fused SGD skips whole SIMD blocks of bf16/fp16), by e(w)."""
+    torch.manual_seed(0)
+    ws = [torch.randn(67, 5), torch.randn(130)]  # sizes past several SIMD blocks, with a ragged tail
+    gs = [torch.randn_like(w) for w in ws]
+    params = [torch.nn.Parameter(w.to(dtype)) for w in ws]
+    for p, g in zip(params, gs):
+        p.grad = g.to(dtype)
+    opt = AdaSAM(params, rho=3.0, adaptive=adaptive)  # e ~ 0.1 per element: above half-precision spacing
+    w64 = [p.detach().double() for p in params]
+    e = ascent(w64, [p.grad.double() for p in params], 3.0, adaptive)
+    opt.perturb()
+    ulp = torch.finfo(dtype).eps
+    for p, w, ei in zip(params, w64, e):
+        torch.testing.assert_close(p.detach().double(), w + ei, rtol=2 * ulp, atol=2 * ulp * ei.abs().max().item())
+        assert (p.detach().double() != w).double().mean() > 0.5  # most elements moved
+    opt.restore()
+    for p, w in zip(params, w64):
+        assert torch.equal(p.detach().double(), w)
 
 
 def test_perturb_returns_global_norm_and_unscales_it():

@@ -169,12 +169,20 @@ def _ascend(
     leaves w untouched without a host sync.
     """
     grouped = _group_tensors_by_device_and_dtype([params, directions])
-    for (device, _), ((ps, ds), _) in grouped.items():
-        if device.type in _get_fused_kernels_supported_devices():
+    for (device, dtype), ((ps, ds), _) in grouped.items():
+        if _fused_sgd_is_exact(device, dtype):
             torch._fused_sgd_(
                 ps, ds, [],
                 weight_decay=0.0, momentum=0.0, lr=-scale.to(device), dampening=0.0,
                 nesterov=False, maximize=False, is_first_step=False, found_inf=skip.to(device),
             )
-        elif not skip.item():  # devices without the fused kernel pay one host sync
+        elif not skip.item():  # one host sync where the fused kernel is not used (free on CPU)
             torch._foreach_add_(ps, torch._foreach_mul(ds, scale.to(device)))
+
+
+def _fused_sgd_is_exact(device: torch.device, dtype: torch.dtype) -> bool:
+    """torch 2.13's CPU fused SGD leaves bf16/fp16 tensors unchanged in every full SIMD block
+    (pytorch/pytorch#191763): on CPU it is used for float32/float64 only."""
+    if device.type not in _get_fused_kernels_supported_devices():
+        return False
+    return device.type != "cpu" or dtype in (torch.float32, torch.float64)
