@@ -177,7 +177,7 @@ def _ascend(
                 nesterov=False, maximize=False, is_first_step=False, found_inf=skip.to(device),
             )
         elif not skip.item():  # one host sync where the fused kernel is not used (free on CPU)
-            torch._foreach_add_(ps, torch._foreach_mul(ds, scale.to(device)))
+            torch._foreach_add_(ps, ds, alpha=scale.item())  # a scalar alpha: no parameter-sized temporary
 
 
 def _fused_sgd_is_exact(device: torch.device, dtype: torch.dtype) -> bool:
