@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -131,6 +132,29 @@ def test_the_reference_catches_a_per_micro_batch_mean_and_a_k_times_scale(tmp_pa
     model = tiny_llama()
     sam_sgd_trainer(wrong, tmp_path, model, data).train()
     assert max_error(model, sgd_expected(data)) > 1e-2
+
+
+def test_torchrun_two_processes_equal_the_global_token_mean(tmp_path):
+    """DDP, 2 CPU processes x batch 2 with 5 and 23 label tokens: the step is the one of the 4-example token mean."""
+    torchrun = shutil.which("torchrun") or pytest.skip("torchrun not on PATH")
+    here = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", str(here / "ddp_lm_worker.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert ranks[0]["world_size"] == 2
+    data = UnevenLMDataset()
+    references = {
+        "adasam": (causal_lm_reference(tiny_llama(), data, optimizer="adasam", steps=STEPS, batch=4, lr=0.01,
+                                       rho=0.05, eps=1e-4), 5e-6),
+        "sam-sgd": (sgd_expected(data), 1e-7),
+    }
+    for name, (expected, tol) in references.items():
+        for n, w in expected.items():
+            assert torch.equal(ranks[0][name][n], ranks[1][name][n]), (name, n)
+            assert (ranks[0][name][n] - w).abs().max().item() < tol, (name, n)
 
 
 # -------------------------------------------------------------------------------------------- LoRA, bf16
