@@ -17,7 +17,8 @@ split into micro-batches and processes.
 Cheaper steps (`sam_mode`, `sam_interval`): a step that the schedule does not pick is the
 base optimizer's step on the first pass's gradient (steps 2-4 are skipped). In layer-sparse
 mode, step 2 perturbs a sampled subset of layers and step 3 runs with the other layers frozen,
-so their first-pass gradients stand and the second backward is shorter.
+so their first-pass gradients stand and the second backward is shorter; the frozen layers that
+run before the first sampled one are not recomputed (`frozen_prefix.py`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import os
 import torch
 from transformers import Trainer
 
+from .frozen_prefix import FrozenPrefixCache
 from .optim.factory import create_optimizer
 from .optim.layer_sampler import LayerSampler
 from .optim.schedule import SAMSchedule
@@ -66,6 +68,7 @@ class SAMTrainer(Trainer):
         self._sam_steps = 0
         self._layer_sampler: LayerSampler | None = None  # built at the first layer-sparse step
         self._layer_sampler_state: dict | None = None  # loaded from a checkpoint before that
+        self._prefix_cache: FrozenPrefixCache | None = None  # the second pass skips the frozen prefix
 
     # --- optimizer ----------------------------------------------------------------------
 
@@ -115,13 +118,18 @@ class SAMTrainer(Trainer):
         if sam is None or not self.sam_schedule.is_sam_step(self.state.global_step):
             return super().training_step(model, inputs, num_items_in_batch)  # the base step's gradient
 
-        with self._ascent_sync_context(model):
+        # Layer-sparse: the draw depends only on the step and the bandit's weights, which change
+        # after the window, so every micro-batch of the window knows it before its first pass.
+        sampler = self._sampler(model, sam)
+        layers = sampler.sample(self.state.global_step) if sampler is not None else None
+        prefix = self._prefix_cache if sampler is not None and not sampler.samples_all else None
+        if prefix is not None and (not self._window or self._window[0] is inputs):
+            prefix.reset()  # the window's first micro-batch
+        with self._ascent_sync_context(model), prefix.record(layers) if prefix else contextlib.nullcontext():
             loss = super().training_step(model, inputs, num_items_in_batch)  # gradient at w
         if not self.accelerator.sync_gradients:
             return loss  # the ascent gradient accumulates over the window
 
-        sampler = self._sampler(model, sam)
-        layers = sampler.sample(self.state.global_step) if sampler is not None else None
         subset = None if sampler is None or sampler.samples_all else sampler.params_of(layers)
         norm = sam.perturb(grad_scale=self._loss_scale(), params=subset)  # w <- w + e(w)
         try:
@@ -130,9 +138,11 @@ class SAMTrainer(Trainer):
                 perturbed_loss = self._replay_window(model, inputs, num_items_in_batch)  # gradient at w + e(w)
             else:
                 with _frozen_except(sampler, layers):  # only the sampled layers get a second gradient
-                    perturbed_loss = self._replay_window(model, inputs, num_items_in_batch)
+                    perturbed_loss = self._replay_window(model, inputs, num_items_in_batch, prefix)
         finally:
             sam.restore()  # w back, bit-exactly, before anything else can see the weights
+            if prefix is not None:
+                prefix.reset()
         if sampler is not None:
             sampler.update(layers, sampler.layer_grad_norms(layers))
         self._record(norm, perturbed_loss)
@@ -148,15 +158,23 @@ class SAMTrainer(Trainer):
             self._layer_sampler = LayerSampler(named, self.args.sam_layer_fraction, seed=self.args.seed)
             if self._layer_sampler_state is not None:
                 self._layer_sampler.load_state_dict(self._layer_sampler_state)
+            modules = FrozenPrefixCache.usable(self.accelerator.unwrap_model(model), self._layer_sampler.names)
+            self._prefix_cache = FrozenPrefixCache(modules) if modules is not None else None
         return self._layer_sampler
 
-    def _replay_window(self, model, inputs, num_items_in_batch) -> torch.Tensor:
-        """The second pass over every micro-batch of the window; only the last one syncs."""
+    def _replay_window(self, model, inputs, num_items_in_batch, prefix: FrozenPrefixCache | None = None):
+        """The second pass over every micro-batch of the window; only the last one syncs.
+
+        With a `prefix` cache holding one record per micro-batch, the frozen layers before the
+        first sampled one are not recomputed.
+        """
         window = self._window if self._window and self._window[-1] is inputs else [inputs]
+        reuse = prefix is not None and len(prefix.outputs) == len(window)
         total = torch.zeros((), device=self.args.device)
         for i, micro_batch in enumerate(window):
             last = i == len(window) - 1
-            with contextlib.nullcontext() if last else self.accelerator.no_sync(model):
+            with contextlib.nullcontext() if last else self.accelerator.no_sync(model), \
+                    prefix.replay(i) if reuse else contextlib.nullcontext():
                 total += super().training_step(model, micro_batch, num_items_in_batch)
         return total
 

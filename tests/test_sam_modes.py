@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import HfArgumentParser, TrainerCallback
+from transformers.models.bert.modeling_bert import BertLayer
 
 from adasam_hf import SAM, SAMTrainer, SAMTrainingArguments
 from adasam_hf.optim.layer_sampler import LayerSampler, layer_name
@@ -103,10 +104,18 @@ def test_layer_sparse_step_equals_the_masked_reference(tmp_path):
         sampled[step] = original(self, step)
         return sampled[step]
 
+    layer_calls = [0]
+    layer_forward = BertLayer.forward
+
+    def counted(self, *args, **kwargs):
+        layer_calls[0] += self.training  # not the one-off loss probe, which runs in eval mode
+        return layer_forward(self, *args, **kwargs)
+
     args = make_args(tmp_path, 4, 2, max_steps=STEPS, sam_mode="layer-sparse", sam_layer_fraction=0.4)
     trainer = SAMTrainer(model=model, args=args, train_dataset=data)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(LayerSampler, "sample", spy)
+        patch.setattr(BertLayer, "forward", counted)
         trainer.train()
     sampler = trainer._layer_sampler
     # Tiny BERT: embeddings, two encoder layers, pooler, classifier; 0.4 of 5 layers -> 2 per step.
@@ -120,6 +129,9 @@ def test_layer_sparse_step_equals_the_masked_reference(tmp_path):
                                     rho=0.05, perturbed_names=perturbed)
     assert_weights_close(model, expected)
     assert all(p.requires_grad for p in model.parameters())  # unfrozen after every step
+    # The second pass starts at the first sampled layer: encoder layers (arms 1, 2) below it are not recomputed.
+    second_pass = sum(2 * sum(arm >= min(layers) for arm in (1, 2)) for layers in sampled.values())  # GA 2
+    assert layer_calls[0] == 2 * 2 * STEPS + second_pass < 4 * 2 * STEPS
 
 
 def test_layer_sparse_under_torchrun_equals_the_masked_reference(tmp_path):
