@@ -80,6 +80,7 @@ class SAMTrainer(Trainer):
         """
         if self.optimizer is not None:
             return self.optimizer
+        self._layer_sampler = self._prefix_cache = None  # built for this optimizer's parameters, at its first use
         if not isinstance(self.args, SAMTrainingArguments):
             return super().create_optimizer(model)
         model = self.model if model is None else model
@@ -138,7 +139,10 @@ class SAMTrainer(Trainer):
                 perturbed_loss = self._replay_window(model, inputs, num_items_in_batch)  # gradient at w + e(w)
             else:
                 with _frozen_except(sampler, layers):  # only the sampled layers get a second gradient
-                    perturbed_loss = self._replay_window(model, inputs, num_items_in_batch, prefix)
+                    # DDP would see the frozen layers as unused (an error without find_unused_parameters):
+                    # the pass runs unsynced and the gradients are averaged here instead.
+                    perturbed_loss = self._replay_window(model, inputs, num_items_in_batch, prefix, sync=False)
+                self._average_across_ranks(sampler, layers)
         finally:
             sam.restore()  # w back, bit-exactly, before anything else can see the weights
             if prefix is not None:
@@ -158,25 +162,41 @@ class SAMTrainer(Trainer):
             self._layer_sampler = LayerSampler(named, self.args.sam_layer_fraction, seed=self.args.seed)
             if self._layer_sampler_state is not None:
                 self._layer_sampler.load_state_dict(self._layer_sampler_state)
-            modules = FrozenPrefixCache.usable(self.accelerator.unwrap_model(model), self._layer_sampler.names)
-            self._prefix_cache = FrozenPrefixCache(modules) if modules is not None else None
+            unwrapped = self.accelerator.unwrap_model(model)
+            modules = FrozenPrefixCache.usable(unwrapped, self._layer_sampler.names)
+            # Checkpointed blocks (reentrant ones in particular) need inputs that require grad.
+            checkpointing = self.args.gradient_checkpointing or getattr(unwrapped, "is_activation_checkpointing", False)
+            self._prefix_cache = FrozenPrefixCache(modules) if modules is not None and not checkpointing else None
         return self._layer_sampler
 
-    def _replay_window(self, model, inputs, num_items_in_batch, prefix: FrozenPrefixCache | None = None):
-        """The second pass over every micro-batch of the window; only the last one syncs.
+    def _replay_window(self, model, inputs, num_items_in_batch, prefix: FrozenPrefixCache | None = None,
+                       sync: bool = True):
+        """The second pass over every micro-batch of the window; only the last one syncs (if `sync`).
 
-        With a `prefix` cache holding one record per micro-batch, the frozen layers before the
-        first sampled one are not recomputed.
+        With a `prefix` cache holding a valid record per micro-batch, the frozen layers before
+        the first sampled one are not recomputed.
         """
         window = self._window if self._window and self._window[-1] is inputs else [inputs]
-        reuse = prefix is not None and len(prefix.outputs) == len(window)
+        reuse = prefix is not None and prefix.can_replay(len(window))
         total = torch.zeros((), device=self.args.device)
         for i, micro_batch in enumerate(window):
-            last = i == len(window) - 1
+            last = sync and i == len(window) - 1
             with contextlib.nullcontext() if last else self.accelerator.no_sync(model), \
                     prefix.replay(i) if reuse else contextlib.nullcontext():
                 total += super().training_step(model, micro_batch, num_items_in_batch)
         return total
+
+    def _average_across_ranks(self, sampler: LayerSampler, layers: list[int]) -> None:
+        """Layer-sparse under DDP: average the sampled layers' second-pass gradients (and, with a
+        local ascent, the frozen layers' unsynced first-pass ones) in one all-reduce."""
+        if self.accelerator.num_processes == 1:
+            return
+        local = getattr(self.args, "sam_ascent", "global") == "local"
+        params = sampler.params if local else [sampler.params_of(layers)]
+        grads = [p.grad for ps in params for p in ps if p.grad is not None]
+        if grads:
+            flat = self.accelerator.reduce(torch._utils._flatten_dense_tensors(grads), reduction="mean")
+            torch._foreach_copy_(grads, torch._utils._unflatten_dense_tensors(flat, grads))
 
     def _ascent_sync_context(self, model):
         # "local" ascent: keep the first pass's gradient on each rank (no all-reduce).
@@ -193,8 +213,9 @@ class SAMTrainer(Trainer):
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
-        if self._layer_sampler is not None and self.args.should_save:
-            torch.save(self._layer_sampler.state_dict(), os.path.join(output_dir, LAYER_SAMPLER_NAME))
+        state = self._layer_sampler.state_dict() if self._layer_sampler is not None else self._layer_sampler_state
+        if state is not None and self.args.should_save:  # also a loaded state not used yet (no SAM step since)
+            torch.save(state, os.path.join(output_dir, LAYER_SAMPLER_NAME))
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
@@ -266,7 +287,7 @@ def _frozen_except(sampler: LayerSampler, layers: list[int]):
     stops below the lowest sampled layer. Setting flags is not tensor math: a Python loop.
     """
     sampled = set(layers)
-    frozen = [p for i in range(len(sampler)) if i not in sampled for p in sampler.params[i]]
+    frozen = [p for i in range(len(sampler)) if i not in sampled for p in sampler.params[i] if p.requires_grad]
     grads = [p.grad for p in sampler.params_of(layers) if p.grad is not None]
     if grads:
         torch._foreach_zero_(grads)

@@ -16,8 +16,9 @@ from tiny import TinyDataset, tiny_bert
 
 
 def train(out: Path, ascent: str, sgd: bool, model=None, **mode) -> dict:
+    mode = {"per_device_train_batch_size": 4, **mode}
     args = SAMTrainingArguments(
-        output_dir=str(out / "run"), per_device_train_batch_size=4, max_steps=3, learning_rate=0.01,
+        output_dir=str(out / "run"), max_steps=3, learning_rate=0.01,
         lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=0.0, report_to="none",
         save_strategy="no", use_cpu=True, seed=0, disable_tqdm=True, train_sampling_strategy="sequential",
         optimizer="adasam", sam_rho=0.05, sam_ascent=ascent, logging_steps=1, **mode,
@@ -30,8 +31,8 @@ def train(out: Path, ascent: str, sgd: bool, model=None, **mode) -> dict:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-def train_layer_sparse(out: Path) -> dict:
-    """Layer-sparse AdaSAM (DDP: the frozen layers are DDP's unused parameters in pass two)."""
+def train_layer_sparse(out: Path, **kw) -> dict:
+    """Layer-sparse AdaSAM; the weights and the parameters perturbed at each step."""
     perturbed, original = {}, LayerSampler.sample
     names = {}
 
@@ -44,7 +45,7 @@ def train_layer_sparse(out: Path) -> dict:
     model = tiny_bert()
     names.update({id(p): n for n, p in model.named_parameters()})
     try:
-        weights = train(out, "global", sgd=False, model=model, sam_mode="layer-sparse", sam_layer_fraction=0.4)
+        weights = train(out, "global", sgd=False, model=model, sam_mode="layer-sparse", sam_layer_fraction=0.4, **kw)
     finally:
         LayerSampler.sample = original
     return {"weights": weights, "perturbed": perturbed}
@@ -54,6 +55,9 @@ def main():
     out, ascent = Path(sys.argv[1]), sys.argv[2]
     if ascent == "layer-sparse":
         result = train_layer_sparse(out)
+        # Without find_unused_parameters DDP would reject the frozen layers; GA 2 x batch 2 is the same batch of 8.
+        result["strict"] = train_layer_sparse(out, ddp_find_unused_parameters=False, per_device_train_batch_size=2,
+                                              gradient_accumulation_steps=2)
     else:
         result = {"weights": train(out, ascent, sgd=False)}
     if ascent == "global":

@@ -149,12 +149,15 @@ def test_layer_sparse_under_torchrun_equals_the_masked_reference(tmp_path):
     assert ranks[0]["world_size"] == 2 and ranks[0]["perturbed"] == ranks[1]["perturbed"]
     for n, w in ranks[0]["weights"].items():
         assert torch.equal(w, ranks[1]["weights"][n]), n
-    perturbed = {t: set(names) for t, names in ranks[0]["perturbed"].items()}
-    assert len(perturbed) == 3 and all(len(v) < len(ranks[0]["weights"]) for v in perturbed.values())
-    expected = full_batch_reference(tiny_bert(), TinyDataset(), optimizer="adasam", steps=3, batch=BATCH, lr=0.01,
-                                    rho=0.05, perturbed_names=perturbed)
-    for n, w in expected.items():
-        torch.testing.assert_close(ranks[0]["weights"][n], w, rtol=1e-9, atol=1e-11)
+    for run in (ranks[0], ranks[0]["strict"]):  # find_unused_parameters on (default) and off, GA 1 and 2
+        perturbed = {t: set(names) for t, names in run["perturbed"].items()}
+        assert len(perturbed) == 3 and all(len(v) < len(run["weights"]) for v in perturbed.values())
+        expected = full_batch_reference(tiny_bert(), TinyDataset(), optimizer="adasam", steps=3, batch=BATCH,
+                                        lr=0.01, rho=0.05, perturbed_names=perturbed)
+        for n, w in expected.items():
+            torch.testing.assert_close(run["weights"][n], w, rtol=1e-9, atol=1e-11)
+    for n, w in ranks[0]["strict"]["weights"].items():
+        assert torch.equal(w, ranks[1]["strict"]["weights"][n]), n
 
 
 def test_layer_sparse_second_backward_skips_frozen_layers(tmp_path):
@@ -163,12 +166,53 @@ def test_layer_sparse_second_backward_skips_frozen_layers(tmp_path):
     accumulated = []
     for name, p in model.named_parameters():
         p.register_post_accumulate_grad_hook(lambda p, name=name: accumulated.append(name))
+    draws, original = [], LayerSampler.sample
     args = make_args(tmp_path, 8, 1, max_steps=1, sam_mode="layer-sparse", sam_layer_fraction=0.2)
     trainer = SAMTrainer(model=model, args=args, train_dataset=data)
-    trainer.train()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(LayerSampler, "sample", lambda self, step: draws.append(original(self, step)) or draws[-1])
+        trainer.train()
     n_params = len(list(model.parameters()))
-    sampled_params = len(trainer._layer_sampler.params_of(trainer._layer_sampler.sample(0)))
+    sampled_params = len(trainer._layer_sampler.params_of(draws[-1]))
     assert len(accumulated) == n_params + sampled_params < 2 * n_params
+
+
+def test_layer_sparse_keeps_user_frozen_parameters_frozen(tmp_path):
+    """An optimizer given every parameter, some frozen by the user: they stay frozen and unchanged."""
+    model = tiny_bert()
+    model.bert.embeddings.requires_grad_(False)
+    before = [p.detach().clone() for p in model.bert.embeddings.parameters()]
+    sam = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.5)
+    args = make_args(tmp_path, 8, 1, max_steps=3, sam_mode="layer-sparse", sam_layer_fraction=0.5)
+    SAMTrainer(model=model, args=args, train_dataset=TinyDataset(), optimizers=(sam, None)).train()
+    assert not any(p.requires_grad for p in model.bert.embeddings.parameters())
+    assert all(torch.equal(p, b) for p, b in zip(model.bert.embeddings.parameters(), before))
+
+
+def test_layer_sparse_bandit_is_rebuilt_for_a_new_model(tmp_path):
+    args = make_args(tmp_path, 8, 1, max_steps=2, sam_mode="layer-sparse", sam_layer_fraction=0.5)
+    trainer = SAMTrainer(model_init=lambda: tiny_bert(), args=args, train_dataset=TinyDataset())
+    for _ in range(2):  # the second train() builds a new model, optimizer and bandit
+        trainer.train()
+        arms = {id(p) for ps in trainer._layer_sampler.params for p in ps}
+        assert arms == {id(p) for p in trainer.model.parameters()}
+
+
+def test_frozen_prefix_cache_refuses_tied_weights_and_modules_run_twice():
+    from adasam_hf.frozen_prefix import FrozenPrefixCache
+
+    untied = tiny_bert()
+    names = ["bert.embeddings", "bert.encoder.layer.0", "classifier"]
+    assert FrozenPrefixCache.usable(untied, names) is not None
+    untied.classifier.weight = untied.bert.embeddings.position_embeddings.weight  # a tied weight (shapes aside)
+    assert FrozenPrefixCache.usable(untied, names) is None
+    assert FrozenPrefixCache.usable(tiny_bert(), ["bert.encoder", "bert.encoder.layer.0"]) is None  # nested
+
+    block = torch.nn.Linear(3, 3)
+    cache = FrozenPrefixCache([block, torch.nn.Linear(3, 3)])
+    with cache.record(sampled=[1]):
+        block(block(torch.ones(3)))  # the same module twice in one forward: its output is ambiguous
+    assert not cache.can_replay(1)
 
 
 def test_layer_sampler_bandit_update_matches_exp3():

@@ -87,10 +87,10 @@ class SharpnessAware(Optimizer):
         params = [p for _, ps, _ in groups for p in ps]
         grads = [g for _, _, gs in groups for g in gs]
         saved = [self._saved_buffer(p) for p in params]
-        torch._foreach_copy_(saved, params)
         self._perturbed = (params, saved)
         if not params:
             return torch.zeros(())
+        torch._foreach_copy_(saved, params)
 
         # ASAM: the norm is taken of |w| * g and the step is along w^2 * g. Both are built in
         # the gradient buffers in place (no temporaries): g <- w g, then g <- w^2 g.
@@ -117,7 +117,8 @@ class SharpnessAware(Optimizer):
         if self._perturbed is None:
             return
         params, saved = self._perturbed
-        torch._foreach_copy_(params, saved)
+        if params:
+            torch._foreach_copy_(params, saved)
         self._perturbed = None
 
     @property
