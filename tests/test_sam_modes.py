@@ -242,6 +242,19 @@ def test_layer_sampler_bandit_update_matches_exp3():
     assert torch.equal(sampler.log_weights, before)
 
 
+def test_layer_grad_norms_are_each_layers_l2_norm():
+    params = [(f"layers.{i}.{kind}", torch.nn.Parameter(torch.zeros(3))) for i in range(3) for kind in ("w", "b")]
+    sampler = LayerSampler(params, fraction=1.0)
+    grads = {}
+    for name, p in params:
+        p.grad = torch.randn(3, dtype=torch.float32)
+        grads[name] = p.grad.double()
+    params[3][1].grad = None  # a parameter without a gradient counts as zero
+    expected = [torch.sqrt(sum((grads[f"layers.{i}.{k}"] ** 2).sum() for k in ("w", "b") if (i, k) != (1, "b")))
+                for i in (2, 1)]
+    torch.testing.assert_close(sampler.layer_grad_norms([2, 1]), torch.stack(expected), rtol=1e-6, atol=0)
+
+
 def test_layer_sampler_draws_follow_the_probabilities_and_are_rank_independent():
     params = [(f"layers.{i}.w", torch.zeros(1)) for i in range(4)]
     a, b = (LayerSampler(params, fraction=0.25, seed=1) for _ in range(2))
