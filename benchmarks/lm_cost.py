@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from trainer_step import cpu_model  # noqa: E402
 OPTIMIZERS = {  # name -> learning rate (irrelevant to cost, but keeps the steps realistic)
     "sgd": 1e-2, "adamw": 2e-4, "amsgrad": 2e-4, "sam": 1e-2, "adasam": 1e-4,
 }
@@ -143,6 +145,12 @@ def worker(preset: str, mode: str, optimizer: str, steps: int, threads: int, bat
     }
 
 
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
 def format_table(report: dict) -> str:
     """The report as markdown: one table per mode, ratios to AdamW."""
     lines = []
@@ -196,7 +204,7 @@ def main(argv=None) -> int:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     report = {"preset": args.preset, "config": PRESETS[args.preset], "dtype": args.dtype, "lora_r": args.lora_r,
               "lora_targets": LORA_TARGETS, "batch": args.batch, "seq": args.seq, "steps": args.steps,
-              "threads": args.threads, "device": "cpu", "cpu": _cpu_model(), "torch": _torch_version(), "runs": []}
+              "threads": args.threads, "device": "cpu", "cpu": cpu_model(), "torch": torch_version(), "runs": []}
     for mode in modes:
         rows = {}
         for name in optimizers:
@@ -216,22 +224,6 @@ def main(argv=None) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     return 0
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _torch_version() -> str:
-    import torch
-
-    return torch.__version__
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from adasam_hf import SAM, AdaSAM, SAMTrainer, SAMTrainingArguments
 from adasam_hf.config import resolve_model_path
 from adasam_hf.instruction_data import IGNORE_INDEX, format_prompt, tokenize_instructions
 from adasam_hf.lm import finetune_lm, main, parse_args
+from test_trainer import CountForwards
 from tiny_lm import UnevenLMDataset, causal_lm_reference, pad_collate, tiny_llama, window_loss
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,15 +53,6 @@ def make_args(tmp_path, micro=2, ga=2, **kw):
 def max_error(model, expected: dict) -> float:
     got = dict(model.named_parameters())
     return max((got[n].detach().double() - w).abs().max().item() for n, w in expected.items())
-
-
-class CountForwards:
-    def __init__(self, model):
-        self.n = 0
-        model.register_forward_hook(self)
-
-    def __call__(self, module, args, output):
-        self.n += module.training  # the one-off loss probe runs in eval mode
 
 
 # ------------------------------------------------------------------------- GA exactness for a causal LM
