@@ -292,19 +292,24 @@ def _version(package: str) -> str:
     return version(package)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run `scripts/finetune.py`; returns the exit code: 0, or 2 for bad input or a diverged run."""
+def run_command(prog: str, run, parse, argv, input_errors: tuple) -> int:
+    """A script's exit code: 0, or 2 with one line on stderr for bad input or a diverged run."""
     try:
-        finetune(*parse_args(argv))
+        run(*parse(argv))
         return 0
     except SystemExit as exc:  # argparse: --help, or a usage error it has printed
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
-    except (ConfigError, GlueDataError, TrainingDivergedError) as exc:
-        print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+    except (ConfigError, TrainingDivergedError, *input_errors) as exc:
+        print(f"{prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `scripts/finetune.py`; returns the exit code: 0, or 2 for bad input or a diverged run."""
+    return run_command(PROG, finetune, parse_args, argv, (GlueDataError,))
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, LlamaConfig, set_seed
 
-from .callbacks import StopOnNonFiniteLoss, TrainingDivergedError
-from .cli import RESULTS_FILE, ArgumentParser, _resources, default_output_dir
+from .callbacks import StopOnNonFiniteLoss
+from .cli import RESULTS_FILE, ArgumentParser, _resources, default_output_dir, run_command
 from .config import CONFIG_DIR, ConfigError, resolve_model_path, resolve_settings
 from .data import quiet_hub_retries
 from .instruction_data import (
@@ -378,17 +378,7 @@ def _splits(raw: datasets.DatasetDict, data_args: LMDataArguments, seed: int) ->
 
 def main(argv: list[str] | None = None) -> int:
     """Run `scripts/finetune_lm.py`; returns the exit code: 0, or 2 for bad input or a diverged run."""
-    try:
-        finetune_lm(*parse_args(argv))
-        return 0
-    except SystemExit as exc:  # argparse: --help, or a usage error it has printed
-        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
-    except (ConfigError, InstructionDataError, TrainingDivergedError) as exc:
-        print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-    finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    return run_command(PROG, finetune_lm, parse_args, argv, (InstructionDataError,))
 
 
 if __name__ == "__main__":
