@@ -98,6 +98,27 @@ def statistics_section(summary, tasks) -> list[str]:
     return lines + [""]
 
 
+def modes_accuracy_section(summary, sweep, tasks) -> list[str]:
+    """Each cheaper-step variant against its full base optimizer: at most 1 point below it is the goal."""
+    variants = sweep.get("variants", {})
+    if not variants:
+        return []
+    lines = ["### Cheaper SAM steps against full AdaSAM (goal: dev metric within 1 point)", ""]
+    for task in tasks:
+        for name, spec in variants.items():
+            base = spec["base"]
+            if (task, name) not in summary or (task, base) not in summary:
+                lines.append(f"- {task}: {name} or {base} not run yet.")
+                continue
+            (m, s, n, _), (mb, sb, nb, _) = summary[(task, name)], summary[(task, base)]
+            diff = m - mb
+            verdict = "goal met" if diff >= -1.0 else "goal not met (more than 1 point below)"
+            noise = "smaller" if abs(diff) <= max(s, sb) else "larger"
+            lines.append(f"- {task}: {name} − {base} = {diff:+.2f} points (n={n} vs n={nb}): {verdict}; "
+                         f"{noise} than the larger seed std ({max(s, sb):.2f}).")
+    return lines + [""]
+
+
 def curves_section(records, sweep, tasks, optimizers, out_dir: Path) -> list[str]:
     import matplotlib
 
@@ -259,6 +280,7 @@ def main(argv=None) -> int:
     lines += modes_cost_section(Path(args.cost).parent / "sam_modes_cost.json")
     lines += lm_cost_section(Path(args.cost).parent / "lm_cost.json")
     lines += statistics_section(summary, tasks)
+    lines += modes_accuracy_section(summary, sweep, tasks)
     lines += ["## GPU rows (roberta-base)", "", "Not run: no GPU was lent to the sessions that ran this sweep.", "",
               "## 5. Commands", "", "```bash",
               "python benchmarks/glue_sweep.py --config benchmarks/sweep.yaml --data_dir ../shared/glue",

@@ -39,6 +39,8 @@ VARIANTS = {
     "adasam layer-sparse 0.25": (dict(optimizer="adasam", sam_mode="layer-sparse", sam_layer_fraction=0.25), 1.0),
     "adasam layer-sparse 0.25, interval 2": (
         dict(optimizer="adasam", sam_mode="layer-sparse", sam_layer_fraction=0.25, sam_interval=2), 0.5),
+    "adasam layer-sparse 0.25, interval 4": (
+        dict(optimizer="adasam", sam_mode="layer-sparse", sam_layer_fraction=0.25, sam_interval=4), 0.25),
 }
 
 

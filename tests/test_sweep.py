@@ -66,13 +66,19 @@ def test_toy_sweep_resumes_and_reports(tmp_path, glue_root, tiny_model_dir, caps
                              "--cost", str(tmp_path / "no-cost.json")]) == 0
     report = out.read_text()
     records = glue_sweep.load_results(results)
-    for opt in sweep["optimizers"]:
+
+    def final_of(opt):
         best = glue_sweep.best_point(records, sweep, "rte", opt, "accuracy")
-        tuned = [r["result"]["eval_accuracy"] for r in records if r["config"]["optimizer"] == opt]
-        final = next(r for r in records if r["config"] == glue_sweep.run_config(sweep, "rte", opt, 0, best))
-        assert final["result"]["eval_accuracy"] == max(tuned)  # the final setting is the best tuned one
+        return next(r for r in records if r["config"] == glue_sweep.run_config(sweep, "rte", opt, 0, best))
+
+    for opt in sweep["optimizers"]:
+        tuned = [r["result"]["eval_accuracy"] for r in records
+                 if r["config"]["optimizer"] == opt and "variant" not in r["config"]]
+        assert final_of(opt)["result"]["eval_accuracy"] == max(tuned)  # the final setting is the best tuned one
         assert f"{100 * max(tuned):.2f} ± 0.00 (n=1)" in report, opt
     header = next(line for line in report.splitlines() if line.startswith("| task (metric)"))
     assert "| adasam-rst |" in header
+    rst, full = (100 * r["result"]["eval_accuracy"] for r in (variant[0], final_of("adasam")))
+    assert f"- rte: adasam-rst − adasam = {rst - full:+.2f} points (n=1 vs n=1)" in report
     assert (out.parent / "results" / "curves_rte.png").stat().st_size > 1000
     assert "Not measured yet" in report
