@@ -51,7 +51,7 @@ def accuracy_section(records, sweep, tasks, optimizers) -> tuple[list[str], dict
     lines = ["## 1. Dev metrics (final runs: mean ± std over seeds)", ""]
     lines += ["Selection used the dev set (the only labelled split here): the learning rate (and rho) of each",
               f"optimizer were chosen on seed {sweep['tune_seed']}, then rerun with seeds {sweep['seeds']}.", ""]
-    summary = {}
+    summary, collapsed = {}, {}
     header = "| task (metric) | " + " | ".join(optimizers) + " | majority class | paper AdaSAM (RoBERTa) |"
     lines += [header, "|" + "---|" * (len(optimizers) + 3)]
     for task in tasks:
@@ -63,6 +63,8 @@ def accuracy_section(records, sweep, tasks, optimizers) -> tuple[list[str], dict
             if values:
                 summary[(task, opt)] = (*mean_std(values), len(values), best)
                 cells[opt] = summary[(task, opt)]
+                if task in MAJORITY_CLASS:
+                    collapsed[(task, opt)] = sum(abs(v - MAJORITY_CLASS[task]) < 0.005 for v in values)
         top = max(cells, key=lambda o: cells[o][0]) if cells else None
         row = []
         for opt in optimizers:
@@ -70,11 +72,16 @@ def accuracy_section(records, sweep, tasks, optimizers) -> tuple[list[str], dict
                 row.append("not run")
                 continue
             m, s, n, _ = cells[opt]
-            text = f"{m:.2f} ± {s:.2f} (n={n})"
-            row.append(f"**{text}**" if opt == top else text)
+            of = "" if n == len(sweep["seeds"]) else f" of {len(sweep['seeds'])}"
+            text = f"{m:.2f} ± {s:.2f} (n={n}{of})"
+            text = f"**{text}**" if opt == top else text
+            stuck = collapsed.get((task, opt), 0)
+            row.append(text + (f"; {stuck} at majority" if stuck else ""))
         paper = PAPER_ADASAM.get(task)
         lines.append(f"| {task} ({metric}) | " + " | ".join(row) +
                      f" | {MAJORITY_CLASS.get(task, '–')} | {paper if paper else '–'} |")
+    lines += ["", "\"k at majority\": k of the final runs scored exactly the majority-class score, the mark of a",
+              "model that predicts one class: it has not learned the task. \"n=1 of 3\": only some seeds have run yet."]
     lines += ["", "The paper's claim (Sun et al., 2023, arXiv 2303.00565): AdaSAM beats SGD, AMSGrad and SAM on GLUE "
               "fine-tuning. Ranking here, by mean:", ""]
     for task in tasks:

@@ -82,3 +82,14 @@ def test_toy_sweep_resumes_and_reports(tmp_path, glue_root, tiny_model_dir, caps
     assert f"- rte: adasam-rst − adasam = {rst - full:+.2f} points (n=1 vs n=1)" in report
     assert (out.parent / "results" / "curves_rte.png").stat().st_size > 1000
     assert "Not measured yet" in report
+
+    # Seeds still to run and runs stuck at the majority class are flagged, not hidden in a mean.
+    sweep["seeds"] = [0, 1]
+    config.write_text(yaml.safe_dump(sweep))
+    sgd = final_of("sgd")
+    path = results / "rte" / "sgd" / f"{sgd['key']}.json"
+    path.write_text(json.dumps({**sgd, "result": {**sgd["result"], "eval_accuracy": 146 / 277}}))
+    assert make_report.main(["--config", str(config), "--results", str(results), "--out", str(out),
+                             "--cost", str(tmp_path / "no-cost.json")]) == 0
+    row = next(line for line in out.read_text().splitlines() if line.startswith("| rte (accuracy)"))
+    assert "52.71 ± 0.00 (n=1 of 2)" in row and row.count("; 1 at majority") == 1
