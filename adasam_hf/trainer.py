@@ -80,7 +80,8 @@ class SAMTrainer(Trainer):
         """
         if self.optimizer is not None:
             return self.optimizer
-        self._layer_sampler = self._prefix_cache = None  # built for this optimizer's parameters, at its first use
+        # Built for this optimizer's parameters at its first use; a checkpoint's bandit is loaded after this.
+        self._layer_sampler = self._prefix_cache = self._layer_sampler_state = None
         if not isinstance(self.args, SAMTrainingArguments):
             return super().create_optimizer(model)
         model = self.model if model is None else model

@@ -134,6 +134,32 @@ def test_layer_sparse_step_equals_the_masked_reference(tmp_path):
     assert layer_calls[0] == 2 * 2 * STEPS + second_pass < 4 * 2 * STEPS
 
 
+def test_layer_sparse_with_an_interval_equals_the_reference(tmp_path):
+    """The recommended cheap setting: layer-sparse SAM steps at 0, 2, 4, AdaSAM's base step between."""
+    model, data = tiny_bert(), TinyDataset()
+    sampled: dict[int, list[int]] = {}
+    original = LayerSampler.sample
+
+    def spy(self, step):
+        sampled[step] = original(self, step)
+        return sampled[step]
+
+    args = make_args(tmp_path, 4, 2, max_steps=STEPS, sam_mode="layer-sparse", sam_layer_fraction=0.4, sam_interval=2)
+    trainer = SAMTrainer(model=model, args=args, train_dataset=data)
+    forwards = CountForwards(model)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(LayerSampler, "sample", spy)
+        trainer.train()
+    assert sorted(sampled) == [0, 2, 4]  # drawn on SAM steps only
+    names = {id(p): n for n, p in model.named_parameters()}
+    sampler = trainer._layer_sampler
+    perturbed = {t: {names[id(p)] for p in sampler.params_of(layers)} for t, layers in sampled.items()}
+    expected = full_batch_reference(tiny_bert(), data, optimizer="adasam", steps=STEPS, batch=BATCH, lr=0.01,
+                                    rho=0.05, perturbed_names=perturbed, no_ascent_steps={1, 3, 5})
+    assert_weights_close(model, expected)
+    assert forwards.n == 2 * (3 * 2 + 3 * 1)  # GA 2: three SAM steps (2 passes), three base steps (1 pass)
+
+
 def test_layer_sparse_under_torchrun_equals_the_masked_reference(tmp_path):
     """DDP, 2 processes x batch 4: the frozen layers are DDP's unused parameters in the second
     pass; their all-reduced first-pass gradients must stand, and both ranks must agree."""
@@ -224,7 +250,7 @@ def test_layer_sampler_bandit_update_matches_exp3():
     torch.testing.assert_close(sampler.probabilities(), torch.full((5,), 0.2, dtype=torch.float64))
 
     sampler.update([1, 3], torch.tensor([2.0, 4.0]))
-    # EXP3 by hand: p = 0.2 each, inclusion pi = min(1, 2 * 0.2) = 0.4, rewards 0.5 and 1.0.
+    # EXP3 by hand: p = 0.2 each, inclusion pi = min(1, 2 * 0.2) = 0.4; scale max(0.9 * 0, 4) = 4, rewards 0.5, 1.0.
     log_w = torch.zeros(5, dtype=torch.float64)
     log_w[1], log_w[3] = 0.2 / 5 * 0.5 / 0.4, 0.2 / 5 * 1.0 / 0.4
     torch.testing.assert_close(sampler.log_weights, log_w)
@@ -234,12 +260,31 @@ def test_layer_sampler_bandit_update_matches_exp3():
     sampler.update([0, 1], torch.tensor([1.0, 1.0]))
     pi = (2 * expected_p[[0, 1]]).clamp(max=1)
     log_w = 0.9 * log_w
-    log_w[[0, 1]] += 0.2 / 5 / pi
+    log_w[[0, 1]] += 0.2 / 5 * (1.0 / 3.6) / pi  # the scale decays to 0.9 * 4 = 3.6 > 1
     torch.testing.assert_close(sampler.log_weights, log_w)
 
     before = sampler.log_weights.clone()
     sampler.update([2, 4], torch.tensor([float("inf"), 1.0]))  # an overflowed step teaches nothing
     assert torch.equal(sampler.log_weights, before)
+
+
+def test_layer_sampler_learns_the_large_gradient_layer_with_one_layer_per_step():
+    """m = 1: the reward must compare layers across steps; a per-step max would make it always 1."""
+    params = [(f"layers.{i}.w", torch.zeros(1)) for i in range(4)]
+    sampler = LayerSampler(params, fraction=0.25, seed=0)
+    assert sampler.num_sampled == 1
+    for t in range(500):
+        layers = sampler.sample(t)
+        sampler.update(layers, torch.tensor([10.0 if i == 2 else 1.0 for i in layers]))
+    p = sampler.probabilities()
+    assert p[2] > 0.5 and p.argmax() == 2  # uniform would be 0.25
+
+    restored = LayerSampler(params, fraction=0.25, seed=0)
+    restored.load_state_dict(sampler.state_dict())
+    assert torch.equal(restored.reward_scale, sampler.reward_scale)
+    legacy = {"names": sampler.names, "log_weights": sampler.log_weights}  # a checkpoint without the scale
+    restored.load_state_dict(legacy)
+    assert torch.equal(restored.log_weights, sampler.log_weights) and restored.reward_scale == 0
 
 
 def test_layer_grad_norms_are_each_layers_l2_norm():

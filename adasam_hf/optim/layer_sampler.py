@@ -8,9 +8,11 @@ often; which ones those are changes during training, so the choice is a bandit:
 - arms: the model's layers (transformer blocks; embeddings, pooler, head on their own);
 - play: draw m = ceil(fraction * L) layers without replacement from
   p = (1 - gamma) * softmax(log_w) + gamma / L;
-- reward: each sampled layer's gradient norm at w + e(w), divided by the largest of them,
-  seen only for the sampled layers, so it is importance-weighted by the inclusion
-  probability pi = min(1, m p) (EXP3, Auer et al. 2002);
+- reward: each sampled layer's gradient norm at w + e(w), divided by a running scale
+  s <- max(discount * s, largest sampled norm), so it lies in [0, 1] and compares layers
+  across steps (dividing by this step's largest norm alone would make every reward 1 when
+  m = 1, and the bandit blind). Seen only for the sampled layers, it is importance-weighted
+  by the inclusion probability pi = min(1, m p) (EXP3, Auer et al. 2002);
 - update: log_w <- discount * log_w + (gamma / L) * reward / pi. The discount keeps the
   weights following recent norms rather than the whole history.
 
@@ -57,6 +59,7 @@ class LayerSampler:
         self.num_sampled = math.ceil(fraction * len(self.names))
         self.seed, self.gamma, self.discount = seed, gamma, discount
         self.log_weights = torch.zeros(len(self.names), dtype=torch.float64)
+        self.reward_scale = torch.zeros((), dtype=torch.float64)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -99,13 +102,17 @@ class LayerSampler:
             return  # a skipped (overflowed or zero-gradient) step teaches nothing
         index = torch.tensor(layers)
         inclusion = (self.num_sampled * self.probabilities()[index]).clamp(max=1.0)
+        self.reward_scale = torch.maximum(self.discount * self.reward_scale, norms.max())
         self.log_weights.mul_(self.discount)
-        self.log_weights[index] += (self.gamma / len(self)) * (norms / norms.max()) / inclusion
+        self.log_weights[index] += (self.gamma / len(self)) * (norms / self.reward_scale) / inclusion
 
     def state_dict(self) -> dict:
-        return {"names": list(self.names), "log_weights": self.log_weights.clone()}
+        return {"names": list(self.names), "log_weights": self.log_weights.clone(),
+                "reward_scale": self.reward_scale.clone()}
 
     def load_state_dict(self, state: dict) -> None:
         if list(state["names"]) != self.names:
             raise ValueError("LayerSampler state is for a different set of layers")
         self.log_weights = state["log_weights"].clone().to(torch.float64)
+        # Checkpoints written before the running scale existed restart it from zero.
+        self.reward_scale = state.get("reward_scale", torch.zeros((), dtype=torch.float64)).clone().to(torch.float64)
