@@ -92,18 +92,29 @@ def test_interval_with_rst_combines():
     assert all(t % 4 == 0 for t in sam_steps) and 30 < len(sam_steps) < 70
 
 
-def test_layer_sparse_step_equals_the_masked_reference(tmp_path):
-    """Only the sampled layers are perturbed (norm over them) and take the gradient at w + e;
-    the frozen layers keep their first-pass gradient."""
-    model, data = tiny_bert(), TinyDataset()
+def record_draws(patch: pytest.MonkeyPatch) -> dict[int, list[int]]:
+    """Patch LayerSampler.sample to record each step's draw; returns the (filling) record."""
     sampled: dict[int, list[int]] = {}
-
     original = LayerSampler.sample
 
     def spy(self, step):
         sampled[step] = original(self, step)
         return sampled[step]
 
+    patch.setattr(LayerSampler, "sample", spy)
+    return sampled
+
+
+def perturbed_names(model, sampler: LayerSampler, sampled: dict[int, list[int]]) -> dict[int, set[str]]:
+    """The parameter names each step perturbed: the reference's `perturbed_names`."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {t: {names[id(p)] for p in sampler.params_of(layers)} for t, layers in sampled.items()}
+
+
+def test_layer_sparse_step_equals_the_masked_reference(tmp_path):
+    """Only the sampled layers are perturbed (norm over them) and take the gradient at w + e;
+    the frozen layers keep their first-pass gradient."""
+    model, data = tiny_bert(), TinyDataset()
     layer_calls = [0]
     layer_forward = BertLayer.forward
 
@@ -114,7 +125,7 @@ def test_layer_sparse_step_equals_the_masked_reference(tmp_path):
     args = make_args(tmp_path, 4, 2, max_steps=STEPS, sam_mode="layer-sparse", sam_layer_fraction=0.4)
     trainer = SAMTrainer(model=model, args=args, train_dataset=data)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(LayerSampler, "sample", spy)
+        sampled = record_draws(patch)
         patch.setattr(BertLayer, "forward", counted)
         trainer.train()
     sampler = trainer._layer_sampler
@@ -123,10 +134,8 @@ def test_layer_sparse_step_equals_the_masked_reference(tmp_path):
                              "classifier"]
     assert sorted(sampled) == list(range(STEPS)) and all(len(v) == 2 for v in sampled.values())
     assert len({tuple(v) for v in sampled.values()}) > 1  # the draw changes from step to step
-    names = {id(p): n for n, p in model.named_parameters()}
-    perturbed = {t: {names[id(p)] for p in sampler.params_of(layers)} for t, layers in sampled.items()}
     expected = full_batch_reference(tiny_bert(), data, optimizer="adasam", steps=STEPS, batch=BATCH, lr=0.01,
-                                    rho=0.05, perturbed_names=perturbed)
+                                    rho=0.05, perturbed_names=perturbed_names(model, sampler, sampled))
     assert_weights_close(model, expected)
     assert all(p.requires_grad for p in model.parameters())  # unfrozen after every step
     # The second pass starts at the first sampled layer: encoder layers (arms 1, 2) below it are not recomputed.
@@ -135,25 +144,16 @@ def test_layer_sparse_step_equals_the_masked_reference(tmp_path):
 
 
 def test_layer_sparse_with_an_interval_equals_the_reference(tmp_path):
-    """The recommended cheap setting: layer-sparse SAM steps at 0, 2, 4, AdaSAM's base step between."""
+    """Layer-sparse SAM steps at 0, 2, 4 (sam_interval 2), AdaSAM's base step in between."""
     model, data = tiny_bert(), TinyDataset()
-    sampled: dict[int, list[int]] = {}
-    original = LayerSampler.sample
-
-    def spy(self, step):
-        sampled[step] = original(self, step)
-        return sampled[step]
-
     args = make_args(tmp_path, 4, 2, max_steps=STEPS, sam_mode="layer-sparse", sam_layer_fraction=0.4, sam_interval=2)
     trainer = SAMTrainer(model=model, args=args, train_dataset=data)
     forwards = CountForwards(model)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(LayerSampler, "sample", spy)
+        sampled = record_draws(patch)
         trainer.train()
     assert sorted(sampled) == [0, 2, 4]  # drawn on SAM steps only
-    names = {id(p): n for n, p in model.named_parameters()}
-    sampler = trainer._layer_sampler
-    perturbed = {t: {names[id(p)] for p in sampler.params_of(layers)} for t, layers in sampled.items()}
+    perturbed = perturbed_names(model, trainer._layer_sampler, sampled)
     expected = full_batch_reference(tiny_bert(), data, optimizer="adasam", steps=STEPS, batch=BATCH, lr=0.01,
                                     rho=0.05, perturbed_names=perturbed, no_ascent_steps={1, 3, 5})
     assert_weights_close(model, expected)

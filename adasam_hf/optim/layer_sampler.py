@@ -115,4 +115,4 @@ class LayerSampler:
             raise ValueError("LayerSampler state is for a different set of layers")
         self.log_weights = state["log_weights"].clone().to(torch.float64)
         # Checkpoints written before the running scale existed restart it from zero.
-        self.reward_scale = state.get("reward_scale", torch.zeros((), dtype=torch.float64)).clone().to(torch.float64)
+        self.reward_scale = torch.as_tensor(state.get("reward_scale", 0.0), dtype=torch.float64).clone()
