@@ -85,11 +85,14 @@ class DataArguments:
         default=None, metadata={"help": f"GLUE task: one of {', '.join(sorted(GLUE_TASKS))}."}
     )
     data_dir: str | None = field(
-        default_factory=lambda: os.environ.get(GLUE_DIR_ENV) or None,
+        default=None,
         metadata={
-            "help": f"Folder with the original GLUE TSV layout (DIR/RTE/train.tsv, ...); default ${GLUE_DIR_ENV}. "
-            "Without it, the data comes from the Hub dataset nyu-mll/glue."
+            "help": f"Folder with the original GLUE TSV layout (DIR/RTE/train.tsv, ...). Without it: ${GLUE_DIR_ENV}, "
+            "then the embedded copy (rte, mrpc), then the Hub dataset nyu-mll/glue."
         },
+    )
+    from_hub: bool = field(
+        default=False, metadata={"help": "Load the data from the Hub dataset nyu-mll/glue, whatever is on disk."}
     )
     max_seq_length: int = field(
         default=128, metadata={"help": "Tokens per example after truncation; batches are padded dynamically."}

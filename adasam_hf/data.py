@@ -1,16 +1,18 @@
 """GLUE task facts, loading and tokenization.
 
 Every per-task fact (text columns, labels, splits, metrics, the layout of the original TSV files) lives in one
-table, ``GLUE_TASKS``, so the rest of the package never branches on task names. Data comes either from the
-HuggingFace Hub (``nyu-mll/glue``) or, offline, from the original GLUE distribution (``glue_data/<Task>/*.tsv``
-as written by ``download_glue_data.py``). Both paths yield the same ``DatasetDict`` schema, so a run does not
-depend on where its data came from.
+table, ``GLUE_TASKS``, so the rest of the package never branches on task names. Data comes from the original GLUE
+distribution (``glue_data/<Task>/*.tsv`` as written by ``download_glue_data.py``): a folder given by the user, or
+the copy of RTE and MRPC embedded in the package (``adasam_hf/glue_data/``); else from the HuggingFace Hub
+(``nyu-mll/glue``). Every source yields the same ``DatasetDict`` schema, so a run does not depend on where its data
+came from, and `GlueSource` records which one it was.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import logging
 import math
 import os
@@ -22,13 +24,16 @@ import datasets
 from huggingface_hub.errors import LocalEntryNotFoundError
 
 __all__ = [
+    "EMBEDDED_GLUE_DIR",
     "GLUE_TASKS",
     "GlueDataError",
     "GlueFileNotFoundError",
     "GlueFormatError",
+    "GlueSource",
     "GlueTask",
     "TsvLayout",
     "UnknownGlueTaskError",
+    "find_glue_source",
     "get_task",
     "load_glue",
     "quiet_hub_retries",
@@ -38,6 +43,8 @@ __all__ = [
 
 HUB_DATASET = "nyu-mll/glue"
 GLUE_DIR_ENV = "GLUE_DIR"
+# RTE and MRPC, byte for byte from the original distribution (its README gives origin, counts and sha256).
+EMBEDDED_GLUE_DIR = Path(__file__).resolve().parent / "glue_data"
 
 
 class GlueDataError(RuntimeError):
@@ -211,15 +218,27 @@ def _layout_hint(task: GlueTask) -> str:
 
 
 def _read_rows(path: Path):
-    """Yield ``(line_number, fields)``; QUOTE_NONE because GLUE text contains unbalanced ``"``."""
-    # utf-8-sig drops the BOM that starts MRPC's header.
-    with path.open(encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        try:
-            for row in reader:
-                yield reader.line_num, row
-        except UnicodeDecodeError as exc:
-            raise GlueFormatError(f"{path}: not UTF-8 text near line {reader.line_num + 1} ({exc.reason})") from exc
+    """Yield ``(line_number, fields)``; QUOTE_NONE because GLUE text contains unbalanced ``"``.
+
+    The csv module refuses fields over 128 KiB by default; no field can be longer than its file, so the limit is
+    raised to the file's size while it is read (tokenization truncates long texts anyway).
+    """
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, path.stat().st_size + 1))
+    try:
+        # utf-8-sig drops the BOM that starts MRPC's header.
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            try:
+                for row in reader:
+                    yield reader.line_num, row
+            except UnicodeDecodeError as exc:
+                raise GlueFormatError(
+                    f"{path}: not UTF-8 text near line {reader.line_num + 1} ({exc.reason})") from exc
+            except csv.Error as exc:  # a NUL byte, ...
+                raise GlueFormatError(f"{path}:{reader.line_num}: not a TSV row ({exc})") from exc
+    finally:
+        csv.field_size_limit(limit)
 
 
 def _column_index(path: Path, header: list[str], source: str | int) -> int:
@@ -267,6 +286,8 @@ def _read_split(task: GlueTask, path: Path, layout: TsvLayout) -> datasets.Datas
             columns[col].append(row[i])
         label = missing_label if label_idx is None else _parse_label(task, layout, row[label_idx], path, line)
         columns["label"].append(label)
+    if not columns["label"]:
+        raise GlueFormatError(f"{path}: no rows{' after the header' if layout.header else ''} (task {task.name})")
     # The Hub's idx is the row number within the split.
     columns["idx"] = list(range(len(columns["label"])))
     return datasets.Dataset.from_dict(columns, features=task.features)
@@ -290,12 +311,10 @@ def read_glue_tsv(data_dir: str | os.PathLike, task: str | GlueTask) -> datasets
     folder = Path(data_dir) / task.folder
     if not folder.is_dir():
         raise GlueFileNotFoundError(f"GLUE task folder not found: {folder} ({_layout_hint(task)})")
-    splits = {}
-    for split, name in task.split_files.items():
-        path = folder / name
-        if not path.is_file():
-            raise GlueFileNotFoundError(f"GLUE file not found: {path} ({_layout_hint(task)})")
-        splits[split] = _read_split(task, path, task.tsv)
+    for name in task.split_files.values():  # every file is there before any is read
+        if not (folder / name).is_file():
+            raise GlueFileNotFoundError(f"GLUE file not found: {folder / name} ({_layout_hint(task)})")
+    splits = {split: _read_split(task, folder / name, task.tsv) for split, name in task.split_files.items()}
     for split, name in zip(task.test_splits, task.test_files, strict=True):
         if (folder / name).is_file():
             splits[split] = _read_split(task, folder / name, task.test_tsv)
@@ -320,27 +339,98 @@ def quiet_hub_retries():
         logger.setLevel(level)
 
 
-def load_glue(task: str | GlueTask, data_dir: str | os.PathLike | None = None) -> datasets.DatasetDict:
-    """Load a GLUE task from local TSV files if a folder is given (argument, else ``$GLUE_DIR``), else the Hub.
+@dataclass(frozen=True)
+class GlueSource:
+    """Where a task's data comes from.
 
-    Local files come first so an offline machine never waits on the Hub's retries once data is in place.
+    Attributes:
+        kind: ``data_dir`` (the argument), ``GLUE_DIR`` (the environment variable), ``embedded`` (the package's
+            copy of RTE and MRPC) or ``hub`` (``nyu-mll/glue``).
+        root: The folder in the GLUE layout, for every kind but ``hub``.
+    """
+
+    kind: str
+    root: Path | None = None
+
+    def load(self, task: str | GlueTask) -> datasets.DatasetDict:
+        """The task's splits. Raises GlueDataError (see `read_glue_tsv`; for the Hub: unreachable)."""
+        task = get_task(task)
+        if self.root is not None:
+            return read_glue_tsv(self.root, task)
+        try:
+            with quiet_hub_retries():
+                return datasets.load_dataset(HUB_DATASET, task.name)
+        except _HUB_UNREACHABLE as exc:
+            embedded = ", ".join(sorted(t for t in GLUE_TASKS if _embedded_has(GLUE_TASKS[t])))
+            raise GlueDataError(
+                f"cannot load {HUB_DATASET}/{task.name}: the HuggingFace Hub is unreachable ({type(exc).__name__}); "
+                f"pass --data_dir DIR (or set {GLUE_DIR_ENV}) pointing at the GLUE TSV layout "
+                f"DIR/{task.folder}/train.tsv (embedded, offline: {embedded})"
+            ) from exc
+
+    def provenance(self, task: str | GlueTask, loaded: datasets.DatasetDict) -> dict:
+        """What results.json records: the source, its folder, and the sha256 of every file read (for the Hub, of
+        the cached Arrow files the splits were loaded from)."""
+        task = get_task(task)
+        if self.root is not None:
+            folder = Path(self.root) / task.folder
+            names = [*task.split_files.values(), *(f for f in task.test_files if (folder / f).is_file())]
+            files = [folder / name for name in names]
+        else:
+            files = [Path(c["filename"]) for split in loaded.values() for c in split.cache_files]
+        return {
+            "data_source": self.kind,
+            "data_dir": str(self.root) if self.root is not None else HUB_DATASET,
+            "data_files": {str(f): _sha256(f) for f in files},
+        }
+
+
+def _embedded_has(task: GlueTask) -> bool:
+    return all((EMBEDDED_GLUE_DIR / task.folder / name).is_file() for name in task.split_files.values())
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def find_glue_source(
+    task: str | GlueTask, data_dir: str | os.PathLike | None = None, from_hub: bool = False
+) -> GlueSource:
+    """Where `task` is read from: `data_dir`, else ``$GLUE_DIR``, else the embedded copy (RTE, MRPC), else the
+    Hub. Local files come first, so an offline machine never waits on the Hub's retries when data is in place;
+    `from_hub` skips them all.
 
     Raises:
-        GlueDataError: The Hub is unreachable and no local folder was given; or any local-file error of
-            ``read_glue_tsv``.
+        GlueDataError: `from_hub` together with a `data_dir`.
     """
     task = get_task(task)
-    data_dir = data_dir or os.environ.get(GLUE_DIR_ENV) or None
-    if data_dir is not None:
-        return read_glue_tsv(data_dir, task)
-    try:
-        with quiet_hub_retries():
-            return datasets.load_dataset(HUB_DATASET, task.name)
-    except _HUB_UNREACHABLE as exc:
-        raise GlueDataError(
-            f"cannot load {HUB_DATASET}/{task.name}: the HuggingFace Hub is unreachable ({type(exc).__name__}); "
-            f"pass --data_dir DIR (or set {GLUE_DIR_ENV}) pointing at the GLUE TSV layout DIR/{task.folder}/train.tsv"
-        ) from exc
+    if from_hub:
+        if data_dir:
+            raise GlueDataError(f"pass one of --data_dir ({data_dir}) and --from_hub, not both")
+        return GlueSource("hub")
+    if data_dir:
+        return GlueSource("data_dir", Path(data_dir))
+    if os.environ.get(GLUE_DIR_ENV):
+        return GlueSource(GLUE_DIR_ENV, Path(os.environ[GLUE_DIR_ENV]))
+    if _embedded_has(task):
+        return GlueSource("embedded", EMBEDDED_GLUE_DIR)
+    return GlueSource("hub")
+
+
+def load_glue(
+    task: str | GlueTask, data_dir: str | os.PathLike | None = None, from_hub: bool = False
+) -> datasets.DatasetDict:
+    """Load a GLUE task from the first source that has it (see `find_glue_source`).
+
+    Raises:
+        GlueDataError: The Hub is unreachable and no local copy has the task; or any local-file error of
+            ``read_glue_tsv``.
+    """
+    return find_glue_source(task, data_dir, from_hub).load(task)
 
 
 def tokenize_glue(

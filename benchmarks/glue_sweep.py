@@ -1,6 +1,6 @@
 """Resumable GLUE sweep: (task, optimizer, seed, lr, rho) runs through `adasam_hf.cli.finetune`.
 
-    python benchmarks/glue_sweep.py --config benchmarks/sweep.yaml --data_dir ../shared/glue
+    python benchmarks/glue_sweep.py --config benchmarks/sweep.yaml
 
 Phase "tune" runs the grid at `tune_seed`. A grid is one stage (a dict of value lists) or a list
 of stages: each later stage varies its keys around the best point found so far (e.g. the rho grid at
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO / "benchmarks" / "sweep.yaml"))
     parser.add_argument("--results", default=str(DEFAULT_RESULTS), help="folder of per-run JSON files")
-    parser.add_argument("--data_dir", default=None, help="GLUE TSV folder (default: $GLUE_DIR, then the Hub)")
+    parser.add_argument("--data_dir", default=None, help="GLUE TSV folder (default: $GLUE_DIR, embedded, Hub)")
     parser.add_argument("--phase", choices=["tune", "final", "all"], default="all")
     parser.add_argument("--tasks", nargs="*", help="subset of the config's tasks")
     parser.add_argument("--optimizers", nargs="*", help="subset of the config's optimizers")

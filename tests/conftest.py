@@ -11,11 +11,21 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
+def embedded_glue() -> Path:
+    """RTE and MRPC as the package embeds them: there on every clone, so their tests never skip."""
+    from adasam_hf.data import EMBEDDED_GLUE_DIR
+
+    return EMBEDDED_GLUE_DIR
+
+
+@pytest.fixture(scope="session")
 def glue_root() -> Path:
-    """The original GLUE TSV files: $GLUE_DIR, else ../shared/glue beside the checkout."""
+    """The original GLUE TSV files of the tasks not embedded (CoLA, SST-2, STS-B, WNLI, QNLI dev): $GLUE_DIR,
+    else ../shared/glue beside the checkout."""
     path = Path(os.environ.get("GLUE_DIR") or REPO.parent / "shared" / "glue")
-    if not (path / "RTE" / "train.tsv").is_file():
-        pytest.skip(f"GLUE TSV files not found at {path} (set GLUE_DIR to the glue_data folder)")
+    if not (path / "STS-B" / "train.tsv").is_file():
+        pytest.skip(f"GLUE TSV files of the tasks not embedded not found at {path} (set GLUE_DIR to a glue_data "
+                    "folder)")
     return path
 
 

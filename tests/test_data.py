@@ -6,7 +6,6 @@ table under test, so a wrong fact in the table fails a test.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -132,12 +131,9 @@ def test_get_task_unknown_lists_valid_tasks_sorted():
 # ------------------------------------------------------------------------------------- the real GLUE files
 
 
-@pytest.fixture(scope="module")
-def glue_dir() -> Path:
-    path = Path(os.environ.get("GLUE_DIR") or Path(__file__).resolve().parents[2] / "shared" / "glue")
-    if not path.is_dir():
-        pytest.skip(f"GLUE TSV files not found at {path} (set GLUE_DIR to the glue_data folder)")
-    return path
+def real_glue(task: str, request) -> Path:
+    """The embedded copy for RTE and MRPC (on every clone); ../shared/glue or $GLUE_DIR for the rest (or skip)."""
+    return request.getfixturevalue("embedded_glue" if task in ("rte", "mrpc") else "glue_root")
 
 
 # Row counts and label counts per split, by Hub label id, from /work/shared/glue/README.md.
@@ -151,8 +147,8 @@ README_COUNTS = {
 
 
 @pytest.mark.parametrize("task", sorted(README_COUNTS))
-def test_real_classification_counts_and_schema(glue_dir, task):
-    dsd = read_glue_tsv(glue_dir, task)
+def test_real_classification_counts_and_schema(request, task):
+    dsd = read_glue_tsv(real_glue(task, request), task)
     assert sorted(dsd) == ["train", "validation"]
     for split, counts in README_COUNTS[task].items():
         ds = dsd[split]
@@ -165,15 +161,15 @@ def test_real_classification_counts_and_schema(glue_dir, task):
             assert all(isinstance(s, str) and s for s in ds[col][:50])
 
 
-def test_real_text_is_not_mangled_by_quotes(glue_dir):
+def test_real_text_is_not_mangled_by_quotes(embedded_glue):
     # MRPC's text has unbalanced `"`; default csv quoting would merge rows. First train row per the README.
-    row = read_glue_tsv(glue_dir, "mrpc")["train"][0]
+    row = read_glue_tsv(embedded_glue, "mrpc")["train"][0]
     assert row["sentence1"].startswith('Amrozi accused his brother , whom he called " the witness "')
     assert row["label"] == 1
 
 
-def test_real_stsb_scores(glue_dir):
-    dsd = read_glue_tsv(glue_dir, "STS-B")
+def test_real_stsb_scores(glue_root):
+    dsd = read_glue_tsv(glue_root, "STS-B")
     assert dsd["train"].num_rows == 5749 and dsd["validation"].num_rows == 1500
     assert dsd["train"].features == hub_features("stsb")
     for split, mean in [("train", 2.701), ("validation", 2.364)]:
@@ -182,18 +178,18 @@ def test_real_stsb_scores(glue_dir):
         assert min(scores) >= 0.0 and max(scores) <= 5.0
 
 
-def test_real_qnli_missing_train_is_clear(glue_dir):
+def test_real_qnli_missing_train_is_clear(glue_root):
     with pytest.raises(FileNotFoundError) as info:
-        read_glue_tsv(glue_dir, "qnli")
+        read_glue_tsv(glue_root, "qnli")
     msg = str(info.value)
-    assert str(glue_dir / "QNLI" / "train.tsv") in msg and "\n" not in msg
+    assert str(glue_root / "QNLI" / "train.tsv") in msg and "\n" not in msg
 
 
-def test_real_qnli_dev_parses(glue_dir, tmp_path):
+def test_real_qnli_dev_parses(glue_root, tmp_path):
     # Only dev.tsv exists locally; link it in as both splits to check the QNLI layout without copying data.
     (tmp_path / "QNLI").mkdir()
     for name in ("train.tsv", "dev.tsv"):
-        (tmp_path / "QNLI" / name).symlink_to(glue_dir / "QNLI" / "dev.tsv")
+        (tmp_path / "QNLI" / name).symlink_to(glue_root / "QNLI" / "dev.tsv")
     ds = read_glue_tsv(tmp_path, "qnli")["validation"]
     assert ds.num_rows == 5463
     assert dict(Counter(ds["label"])) == {0: 2702, 1: 2761}
@@ -350,7 +346,7 @@ def test_load_glue_hub_unreachable(monkeypatch, exc):
     monkeypatch.delenv("GLUE_DIR", raising=False)
     monkeypatch.setattr(datasets, "load_dataset", _hub_fails(exc))
     with pytest.raises(GlueDataError) as info:
-        load_glue("rte")
+        load_glue("cola")
     msg = str(info.value)
     assert "--data_dir" in msg and "GLUE_DIR" in msg and "unreachable" in msg and "\n" not in msg
     assert info.value.__cause__ is exc
@@ -360,7 +356,7 @@ def test_load_glue_other_hub_errors_propagate(monkeypatch):
     monkeypatch.delenv("GLUE_DIR", raising=False)
     monkeypatch.setattr(datasets, "load_dataset", _hub_fails(KeyError("bug")))
     with pytest.raises(KeyError):
-        load_glue("rte")
+        load_glue("rte", from_hub=True)
 
 
 def test_load_glue_calls_hub_with_config_name(monkeypatch):

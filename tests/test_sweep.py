@@ -18,7 +18,7 @@ import make_report  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
-def test_toy_sweep_resumes_and_reports(tmp_path, glue_root, tiny_model_dir, capsys):
+def test_toy_sweep_resumes_and_reports(tmp_path, embedded_glue, tiny_model_dir, capsys):
     sweep = {
         "tasks": ["rte"],
         "optimizers": ["sgd", "adasam"],
@@ -36,7 +36,7 @@ def test_toy_sweep_resumes_and_reports(tmp_path, glue_root, tiny_model_dir, caps
     config = tmp_path / "sweep.yaml"
     config.write_text(yaml.safe_dump(sweep))
     results = tmp_path / "runs"
-    argv = ["--config", str(config), "--results", str(results), "--data_dir", str(glue_root),
+    argv = ["--config", str(config), "--results", str(results), "--data_dir", str(embedded_glue),
             "--scratch", str(tmp_path / "scratch")]
 
     assert glue_sweep.main(argv) == 0
