@@ -1,13 +1,15 @@
-"""GLUE metrics for the HF Trainer, computed with scikit-learn and SciPy.
+"""GLUE metrics for the HF Trainer, computed with scikit-learn and SciPy, and as an offline `evaluate` module.
 
 Key names and definitions follow ``evaluate``'s GLUE metric, so numbers compare directly with run_glue and
-published tables, without loading ``evaluate`` scripts (which may need the Hub). Which metrics a task reports is
-read from ``data.GLUE_TASKS``.
+published tables. ``evaluate.load("glue", ...)`` needs the Hub; `load_glue_metric` loads the same metric from a
+local module shipped in the package (``evaluate_modules/glue``), which calls `compute_glue_metrics`. Which metrics
+a task reports is read from ``data.GLUE_TASKS``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
@@ -15,7 +17,11 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from .data import GlueTask, get_task
 
-__all__ = ["build_compute_metrics", "compute_glue_metrics", "predictions_from_logits"]
+__all__ = ["GLUE_METRIC_PATH", "build_compute_metrics", "compute_glue_metrics", "load_glue_metric",
+           "predictions_from_logits"]
+
+# The local `evaluate` module: a folder holding a script of the same name, as evaluate's own metrics are laid out.
+GLUE_METRIC_PATH = Path(__file__).resolve().parent / "evaluate_modules" / "glue"
 
 # name -> fn(predictions, labels); F1 is binary with class 1 positive (equivalent / duplicate), as in evaluate.
 _METRIC_FNS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
@@ -55,6 +61,10 @@ def build_compute_metrics(task: str | GlueTask) -> Callable[..., dict[str, float
     task = get_task(task)
 
     def compute_metrics(eval_pred) -> dict[str, float]:
+        logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+        if not np.isfinite(np.asarray(logits, dtype=np.float64)).all():
+            # The argmax of NaN logits is a made-up class: report NaN, so such a checkpoint is never the best one.
+            return {name: float("nan") for name in task.metric_names}
         return compute_glue_metrics(task, predictions_from_logits(task, eval_pred.predictions), eval_pred.label_ids)
 
     return compute_metrics
@@ -70,3 +80,21 @@ def predictions_from_logits(task: str | GlueTask, logits) -> np.ndarray:
     if task.is_regression:
         return logits.squeeze(-1) if logits.ndim == 2 and logits.shape[-1] == 1 else logits
     return logits.argmax(axis=-1)
+
+
+def load_glue_metric(task: str | GlueTask, **kwargs):
+    """evaluate's GLUE metric for `task`, offline: an `evaluate.EvaluationModule` whose
+    ``compute(predictions=..., references=...)`` returns the keys and values of ``evaluate.load("glue", task)``.
+
+    `task` is a GLUE task (any spelling `get_task` takes) or evaluate's ``mnli_matched`` / ``mnli_mismatched``.
+    `kwargs` go to `evaluate.load` (``process_id``, ``num_process``, ``experiment_id`` for distributed use); the
+    predictions are kept in memory unless ``keep_in_memory=False`` is passed.
+
+    Raises:
+        ValueError: `task` is not a GLUE task.
+    """
+    import evaluate
+
+    name = task if task in ("mnli_matched", "mnli_mismatched") else get_task(task).name
+    kwargs.setdefault("keep_in_memory", True)
+    return evaluate.load(str(GLUE_METRIC_PATH), name, **kwargs)

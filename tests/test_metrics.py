@@ -1,4 +1,5 @@
-"""Tests for adasam_hf.metrics against references computed here, by hand or with plain NumPy."""
+"""Tests for adasam_hf.metrics against references computed here, by hand, with plain NumPy, or with sklearn and
+SciPy called as evaluate's GLUE metric calls them."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import math
 
 import numpy as np
 import pytest
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import f1_score, matthews_corrcoef
 from transformers import EvalPrediction
 
 from adasam_hf.data import GLUE_TASKS
@@ -105,3 +108,58 @@ def test_compute_metrics_from_regression_outputs():
 def test_build_compute_metrics_fails_early_on_unknown_task():
     with pytest.raises(ValueError, match="bogus"):
         build_compute_metrics("bogus")
+
+
+# ------------------------------------------------------------------------- the local `evaluate` GLUE module
+
+# evaluate's GLUE metric (metrics/glue/glue.py): its keys per configuration, and how it computes each.
+EVALUATE_GLUE = {
+    "cola": {"matthews_correlation": lambda p, y: matthews_corrcoef(y, p)},
+    "stsb": {"pearson": lambda p, y: pearsonr(p, y)[0], "spearmanr": lambda p, y: spearmanr(p, y)[0]},
+    **{t: {"accuracy": lambda p, y: (p == y).mean(), "f1": lambda p, y: f1_score(y_true=y, y_pred=p)}
+       for t in ("mrpc", "qqp")},
+    **{t: {"accuracy": lambda p, y: (p == y).mean()}
+       for t in ("sst2", "mnli", "mnli_matched", "mnli_mismatched", "qnli", "rte", "wnli")},
+}
+
+
+@pytest.mark.parametrize("config", sorted(EVALUATE_GLUE))
+def test_load_glue_metric_equals_sklearn_and_scipy(config):
+    import evaluate
+
+    from adasam_hf.metrics import load_glue_metric
+
+    rng = np.random.default_rng(sorted(EVALUATE_GLUE).index(config))
+    if config == "stsb":  # float32, as the module's features (and evaluate's) declare them
+        labels = rng.uniform(0, 5, 50).astype(np.float32)
+        preds = (labels + rng.normal(0, 1, 50)).astype(np.float32)
+    else:
+        k = 3 if config.startswith("mnli") else 2
+        labels, preds = rng.integers(0, k, 50), rng.integers(0, k, 50)
+    metric = load_glue_metric(config)
+    assert isinstance(metric, evaluate.EvaluationModule)
+    got = metric.compute(predictions=preds.tolist(), references=labels.tolist())
+    p, y = preds.astype(np.float64), labels.astype(np.float64)
+    expected = {key: fn(p, y) for key, fn in EVALUATE_GLUE[config].items()}
+    assert got.keys() == expected.keys()
+    for key in expected:
+        assert got[key] == pytest.approx(expected[key], rel=1e-12, abs=1e-12), key
+
+
+def test_load_glue_metric_takes_task_spellings_and_batches():
+    from adasam_hf.metrics import load_glue_metric
+
+    metric = load_glue_metric("SST-2")
+    metric.add_batch(predictions=[1, 0], references=[1, 1])
+    metric.add_batch(predictions=[0], references=[0])
+    assert metric.compute() == {"accuracy": pytest.approx(2 / 3)}
+    with pytest.raises(ValueError, match="valid tasks: cola, mnli"):
+        load_glue_metric("hans")
+
+
+def test_compute_metrics_of_non_finite_logits_is_nan_so_never_the_best():
+    logits = np.zeros((4, 2))
+    logits[2, 1] = np.nan  # the argmax would silently call this class 0
+    result = build_compute_metrics("mrpc")(EvalPrediction(predictions=logits, label_ids=np.array([0, 0, 0, 1])))
+    assert set(result) == {"accuracy", "f1"} and all(np.isnan(v) for v in result.values())
+    assert not np.greater(result["f1"], -np.inf)  # how the Trainer compares a metric with the best so far
