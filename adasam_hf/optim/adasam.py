@@ -11,6 +11,7 @@ from torch.optim.adam import adam
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from .sharpness import SharpnessAware
+from .validation import check_adam_hparams
 
 
 class AdaSAM(SharpnessAware):
@@ -87,8 +88,8 @@ class AdaSAM(SharpnessAware):
             group.setdefault("foreach", None)
             group.setdefault("adaptive", False)
         self.__dict__.setdefault("_no_bias_correction", {})
-        self.__dict__.setdefault("_saved", {})
-        self.__dict__.setdefault("_perturbed", None)
+
+    _state_keys = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
     def _init_group(self, group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps):
         for p in group["params"]:
@@ -156,17 +157,3 @@ def _fused_supported(params: list[torch.Tensor]) -> bool:
     devices = _get_fused_kernels_supported_devices()
     return all(p.device.type in devices and p.is_floating_point() for p in params)
 
-
-def check_adam_hparams(*, lr, betas, eps, weight_decay) -> None:
-    """Raise ValueError naming the bad value and the valid range."""
-    if not (isinstance(lr, (int, float)) and lr >= 0):
-        raise ValueError(f"Invalid lr: {lr!r} (must be >= 0)")
-    if not (isinstance(eps, (int, float)) and eps > 0):
-        raise ValueError(f"Invalid eps: {eps!r} (must be > 0)")
-    if len(betas) != 2:
-        raise ValueError(f"Invalid betas: {betas!r} (must be a pair (beta1, beta2))")
-    for i, beta in enumerate(betas):
-        if not (isinstance(beta, (int, float)) and 0.0 <= beta < 1.0):
-            raise ValueError(f"Invalid beta parameter at index {i}: {beta!r} (must be in [0, 1))")
-    if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
-        raise ValueError(f"Invalid weight_decay: {weight_decay!r} (must be >= 0)")

@@ -12,9 +12,10 @@ from collections.abc import Callable
 
 import torch
 
-from .adasam import AdaSAM, check_adam_hparams
+from .adasam import AdaSAM
 from .sam import SAM
-from .sharpness import SharpnessAware, check_rho
+from .sharpness import SharpnessAware
+from .validation import check_adam_hparams, check_rho, check_scalar
 
 HPARAMS = ("lr", "betas", "eps", "weight_decay", "momentum", "rho", "adaptive")
 
@@ -83,9 +84,7 @@ def validate_hparams(name: str, **hparams) -> dict:
         eps=values.get("eps", 1.0),
         weight_decay=values.get("weight_decay", 0.0),
     )
-    momentum = values.get("momentum", 0.0)
-    if not (isinstance(momentum, (int, float)) and 0.0 <= momentum < 1.0):
-        raise ValueError(f"Invalid momentum: {momentum!r} (must be in [0, 1))")
+    check_scalar("momentum", values.get("momentum", 0.0), low=0.0, high=1.0, high_open=True)
     if spec.sharpness_aware and "rho" in values:
         check_rho(values["rho"])
     return values

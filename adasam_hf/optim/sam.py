@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .sharpness import SharpnessAware, check_rho
+from .sharpness import SharpnessAware
+from .validation import check_rho, check_state_dict
 
 
 class SAM(SharpnessAware):
@@ -63,6 +64,8 @@ class SAM(SharpnessAware):
         return self.base_optimizer.state_dict()
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """Load the base optimizer's state, after checking that it is this SAM's (see `SharpnessAware`)."""
+        check_state_dict(self, state_dict)
         # The base optimizer knows how to load its own state (dtype casts, `step` tensors);
         # loading replaces its group list and state dict, so link them again.
         self.base_optimizer.load_state_dict(state_dict)

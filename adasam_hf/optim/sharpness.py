@@ -27,10 +27,7 @@ from torch.utils._foreach_utils import (
     _group_tensors_by_device_and_dtype,
 )
 
-
-def check_rho(rho: float) -> None:
-    if not (isinstance(rho, (int, float)) and rho > 0):
-        raise ValueError(f"Invalid rho: {rho!r} (must be > 0)")
+from .validation import check_rho, check_state_dict
 
 
 class SharpnessAware(Optimizer):
@@ -49,10 +46,28 @@ class SharpnessAware(Optimizer):
         self._saved: dict[torch.Tensor, torch.Tensor] = {}
         self._perturbed: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
 
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.setdefault("_saved", {})
+        self.__dict__.setdefault("_perturbed", None)
+
     def add_param_group(self, param_group: dict) -> None:
         if "rho" in param_group:
             check_rho(param_group["rho"])
         super().add_param_group(param_group)
+
+    # Per-parameter state keys a state dict of this optimizer holds (checked by `load_state_dict`).
+    _state_keys: tuple[str, ...] = ()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load like any optimizer, after checking that `state_dict` is this kind of optimizer's.
+
+        Raises:
+            ValueError: It was saved by another optimizer (it lacks `rho`, holds another optimizer's
+                hyperparameters or state, ...); the message names what differs.
+        """
+        check_state_dict(self, state_dict, self._state_keys)
+        super().load_state_dict(state_dict)
 
     # --- the protocol -------------------------------------------------------------------
 
