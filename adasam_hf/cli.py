@@ -16,8 +16,10 @@ import argparse
 import csv
 import dataclasses
 import json
+import logging
 import os
 import platform
+import re
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -38,8 +40,15 @@ from transformers import (
 from . import __version__
 from .callbacks import StopOnNonFiniteLoss, TrainingDivergedError
 from .config import ConfigError, DataArguments, ModelArguments, resolve_config, resolve_model_path
-from .data import GlueDataError, GlueTask, get_task, load_glue, quiet_hub_retries, tokenize_glue
+from .data import GlueDataError, GlueTask, find_glue_source, get_task, quiet_hub_retries, tokenize_glue
 from .metrics import build_compute_metrics, predictions_from_logits
+from .preflight import (
+    check_checkpoint_fits,
+    check_model_path,
+    check_output_dir,
+    fit_max_seq_length,
+    resolve_resume,
+)
 from .trainer import SAMTrainer
 from .training_args import SAMTrainingArguments
 
@@ -51,6 +60,12 @@ RESULTS_FILE = "results.json"
 
 class ArgumentParser(HfArgumentParser):
     """`HfArgumentParser` whose usage errors are one line (argparse's own prints a usage block of every flag)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # argparse takes "-1e-5" for a flag (it knows only -1 and -.5 as numbers): "--learning_rate -1e-5" would
+        # fail as "expected one argument" instead of reaching the check that names the value.
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$")
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -106,25 +121,53 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
 
 
 def default_output_dir(task: str, optimizer: str) -> str:
-    return os.path.join("runs", f"{task}-{optimizer}-{datetime.now():%Y%m%d-%H%M%S}")
+    """``runs/<task>-<optimizer>-<time>``; a suffix if a run started in the same second already has it."""
+    base = path = os.path.join("runs", f"{task}-{optimizer}-{datetime.now():%Y%m%d-%H%M%S}")
+    n = 1
+    while os.path.exists(path):
+        n += 1
+        path = f"{base}-{n}"
+    return path
 
 
-def load_model(model_args: ModelArguments, task: GlueTask):
+def load_model(model_args: ModelArguments, task: GlueTask, config=None):
     """The tokenizer and a sequence classifier with the task's labels (one output for regression)."""
+    tokenizer, config = load_tokenizer_and_config(model_args, task) if config is None else (None, config)
+    model = _loading(model_args, AutoModelForSequenceClassification.from_pretrained,
+                     resolve_model_path(model_args.model_name_or_path), config=config)
+    return tokenizer, model
+
+
+def load_tokenizer_and_config(model_args: ModelArguments, task: GlueTask):
+    """The tokenizer and the model's config with the task's labels: what can be checked before the weights load
+    (their loading warns of the new classifier head, which would bury a later one-line error)."""
     path = resolve_model_path(model_args.model_name_or_path)
+    check_model_path(path, model_args.model_name_or_path)
     labels = {"id2label": task.id2label, "label2id": task.label2id} if not task.is_regression else {}
+    config = _loading(model_args, AutoConfig.from_pretrained, path, num_labels=task.num_labels,
+                      finetuning_task=task.name, **labels)
+    tokenizer = _loading(model_args, AutoTokenizer.from_pretrained,
+                         resolve_model_path(model_args.tokenizer_name or path))
+    if tokenizer.pad_token is None:  # decoder-only models (Llama, GPT-2) have none; batches need one
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if config.pad_token_id is None:
+        config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer, config
+
+
+def _loading(model_args: ModelArguments, load, *args, **kwargs):
+    """`load(*args, **kwargs)`, its failures on missing or damaged files as one ConfigError."""
+    from safetensors import SafetensorError
+
     try:
         with quiet_hub_retries():
-            config = AutoConfig.from_pretrained(path, num_labels=task.num_labels, finetuning_task=task.name, **labels)
-            tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model_args.tokenizer_name or path))
-            model = AutoModelForSequenceClassification.from_pretrained(path, config=config)
-    except OSError as exc:
+            return load(*args, **kwargs)
+    except (OSError, ValueError, SafetensorError) as exc:  # missing or damaged files; a config it cannot read
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(
             f"cannot load model {model_args.model_name_or_path!r}: {first} (offline, pass a local folder or the "
             "packaged default, --model_name_or_path minilm-l6)"
         ) from exc
-    return tokenizer, model
 
 
 def finetune(model_args: ModelArguments, data_args: DataArguments, training_args: SAMTrainingArguments) -> dict:
@@ -143,29 +186,43 @@ def finetune(model_args: ModelArguments, data_args: DataArguments, training_args
         TrainingDivergedError: The loss became NaN or inf; training stopped before saving such weights.
     """
     task = get_task(data_args.task)
-    log_level = training_args.get_process_log_level()
-    transformers.utils.logging.set_verbosity(log_level)
-    datasets.utils.logging.set_verbosity(log_level)
+    set_verbosity(training_args.get_process_log_level())
 
-    raw = _select_splits(load_glue(task, data_args.data_dir), task, data_args, training_args.do_predict)
+    # Everything that can be checked is checked before the data is tokenized and long before the first step.
+    check_output_dir(training_args)
+    checkpoint = resolve_resume(training_args)
+    source = find_glue_source(task, data_args.data_dir, data_args.from_hub)
+    loaded = source.load(task)
+    raw = _select_splits(loaded, task, data_args, training_args.do_predict)
+    tokenizer, config = load_tokenizer_and_config(model_args, task)
+    pair = len(task.text_columns) == 2
+    special = tokenizer.num_special_tokens_to_add(pair=pair)
+    data_args.max_seq_length = fit_max_seq_length(
+        data_args.max_seq_length, config, tokenizer, minimum=special + len(task.text_columns),
+        what=f" for {task.name}: the tokenizer adds {special} special tokens to a {'pair' if pair else 'sentence'}",
+    )
+    with torch.device("meta"):  # the shapes, without weights
+        check_checkpoint_fits(AutoModelForSequenceClassification.from_config(config), checkpoint,
+                              model_args.model_name_or_path)
     set_seed(training_args.seed)  # before the new classifier head is initialised
-    tokenizer, model = load_model(model_args, task)
+    _, model = load_model(model_args, task, config)
     with training_args.main_process_first(desc="tokenizing"):
         encoded = tokenize_glue(raw, tokenizer, task, data_args.max_seq_length)
 
-    guard = StopOnNonFiniteLoss()
+    collator = DataCollatorWithPadding(tokenizer)
+    guard = StopOnNonFiniteLoss(probe=encoded[task.eval_split], collate=collator)
     trainer = SAMTrainer(
         model=model,
         args=training_args,
         train_dataset=encoded["train"],
         eval_dataset=encoded[task.eval_split],
         processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),
+        data_collator=collator,
         compute_metrics=build_compute_metrics(task),
         callbacks=[guard],
     )
-    train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    guard.check(training_args.output_dir, training_args.learning_rate)
+    train_output = trainer.train(resume_from_checkpoint=checkpoint)
+    guard.check(trainer, checkpoint)
     trainer.save_model()  # the best checkpoint's weights, with load_best_model_at_end
     trainer.save_state()
 
@@ -175,6 +232,7 @@ def finetune(model_args: ModelArguments, data_args: DataArguments, training_args
         "task": task.name,
         "optimizer": training_args.optimizer,
         "model_name_or_path": model_args.model_name_or_path,
+        **source.provenance(task, loaded),
     }
     for split in task.validation_splits:
         prefix = "eval" if split == task.eval_split else f"eval_{split.removeprefix('validation_')}"
@@ -200,6 +258,20 @@ def finetune(model_args: ModelArguments, data_args: DataArguments, training_args
     if write:
         (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def set_verbosity(level: int) -> None:
+    """The log level of transformers, datasets and this package (whose warnings, e.g. a capped max_seq_length,
+    go to stderr like theirs)."""
+    transformers.utils.logging.set_verbosity(level)
+    datasets.utils.logging.set_verbosity(level)
+    logger = logging.getLogger("adasam_hf")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[adasam_hf] %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(level)
 
 
 def _select_splits(raw: datasets.DatasetDict, task: GlueTask, data_args: DataArguments, predict: bool):
@@ -300,7 +372,8 @@ def run_command(prog: str, run, parse, argv, input_errors: tuple) -> int:
     except SystemExit as exc:  # argparse: --help, or a usage error it has printed
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
     except (ConfigError, TrainingDivergedError, *input_errors) as exc:
-        print(f"{prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # every process meets the same bad input: say it once
+            print(f"{prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():

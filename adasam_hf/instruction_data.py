@@ -104,6 +104,8 @@ def _read_json(path: str | os.PathLike) -> datasets.Dataset:
         )
     if not path.is_file():
         raise InstructionDataError(f"data file not found: {path}")
+    if _is_blank(path):  # the json loader fails on these in ways that name neither the file nor the cause
+        raise InstructionDataError(f"{path}: no records (the file is empty)")
     # A local file loads at once: no progress bar, and no log line of a parse error that the message below repeats.
     bars, verbosity = datasets.is_progress_bar_enabled(), datasets.logging.get_verbosity()
     datasets.disable_progress_bars()
@@ -113,10 +115,20 @@ def _read_json(path: str | os.PathLike) -> datasets.Dataset:
     except datasets.exceptions.DatasetGenerationError as exc:
         cause = exc.__cause__ or exc
         raise InstructionDataError(f"cannot read {path} as JSON or JSON Lines: {_first_line(cause)}") from exc
+    except ValueError as exc:  # an empty JSON array: "Instruction 'train' corresponds to no data"
+        raise InstructionDataError(f"{path}: no records ({_first_line(exc)})") from exc
     finally:
         datasets.logging.set_verbosity(verbosity)
         if bars:
             datasets.enable_progress_bars()
+
+
+def _is_blank(path: Path) -> bool:
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            if block.strip():
+                return False
+    return True
 
 
 def _check_columns(dataset: datasets.Dataset, source: str) -> None:
@@ -128,6 +140,16 @@ def _check_columns(dataset: datasets.Dataset, source: str) -> None:
         )
     if len(dataset) == 0:
         raise InstructionDataError(f"{source}: no records")
+    for column in (*REQUIRED_COLUMNS, "input"):
+        if column not in dataset.column_names:
+            continue
+        feature = dataset.features[column]
+        if getattr(feature, "dtype", None) not in ("string", "large_string", "null"):
+            raise InstructionDataError(f"{source}: field {column!r} must be text, found {feature}")
+        if column in REQUIRED_COLUMNS:
+            empty = next((i for i, v in enumerate(dataset[column]) if v is None), None)
+            if empty is not None:
+                raise InstructionDataError(f"{source}: record {empty} has no {column!r} (null or missing)")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -160,10 +182,6 @@ def tokenize_instructions(
     def encode(batch):
         n = len(batch["instruction"])
         inputs = batch.get("input") or [None] * n
-        for column, values in (("instruction", batch["instruction"]), ("output", batch["output"])):
-            bad = next((v for v in values if not isinstance(v, str)), None)
-            if bad is not None:
-                raise InstructionDataError(f"field {column!r} must be text, found {bad!r}")
         prompts = [format_prompt(i, x) for i, x in zip(batch["instruction"], inputs)]
         prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
         response_ids = tokenizer(batch["output"], add_special_tokens=False)["input_ids"]
@@ -178,6 +196,7 @@ def tokenize_instructions(
 
     encoded = {}
     for split, dataset in dataset_dict.items():
+        _check_columns(dataset, split)
         tokens = dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc=f"tokenizing {split}")
         # Position 0 predicts nothing (the loss shifts labels), so a kept record has a label after it.
         tokens = tokens.filter(lambda e: any(t != IGNORE_INDEX for t in e["labels"][1:]), desc=f"filtering {split}")

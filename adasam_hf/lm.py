@@ -24,13 +24,19 @@ from pathlib import Path
 
 import datasets
 import torch
-import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, LlamaConfig, set_seed
 
 from .callbacks import StopOnNonFiniteLoss
-from .cli import RESULTS_FILE, ArgumentParser, _resources, default_output_dir, run_command
+from .cli import RESULTS_FILE, ArgumentParser, _resources, default_output_dir, run_command, set_verbosity
 from .config import CONFIG_DIR, ConfigError, resolve_model_path, resolve_settings
 from .data import quiet_hub_retries
+from .preflight import (
+    check_checkpoint_fits,
+    check_model_path,
+    check_output_dir,
+    fit_max_seq_length,
+    resolve_resume,
+)
 from .instruction_data import (
     IGNORE_INDEX,
     InstructionDataError,
@@ -208,6 +214,8 @@ def load_causal_lm(model_args: LMModelArguments, max_seq_length: int = 512):
     Raises:
         ConfigError: The model cannot be loaded, or a LoRA target names no linear layer of it.
     """
+    from safetensors import SafetensorError
+
     dtype = DTYPES[model_args.model_dtype]
     try:
         with quiet_hub_retries():
@@ -221,13 +229,14 @@ def load_causal_lm(model_args: LMModelArguments, max_seq_length: int = 512):
                 model = AutoModelForCausalLM.from_config(config, dtype=torch.float32 if dtype == "auto" else dtype)
             else:
                 path = resolve_model_path(model_args.model_name_or_path)
-                if path.startswith((".", "/", "~")) and not Path(path).expanduser().is_dir():
+                if path.startswith((".", "/", "~")) and not Path(path).expanduser().exists():
                     raise ConfigError(f"model folder not found: {path} (or pass a Hub id, or {TINY_LLAMA})")
+                check_model_path(path, model_args.model_name_or_path)
                 tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model_args.tokenizer_name or path))
                 model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except ConfigError:
         raise
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:  # missing or damaged files; a config it cannot read
         text = str(exc).strip()
         raise ConfigError(
             f"cannot load causal LM {model_args.model_name_or_path!r}: {text.splitlines()[0] if text else exc!r} "
@@ -284,10 +293,10 @@ def finetune_lm(
         ConfigError: The model cannot be loaded; a LoRA target is unknown; evaluation is asked for without data.
         TrainingDivergedError: The loss became NaN or inf.
     """
-    log_level = training_args.get_process_log_level()
-    transformers.utils.logging.set_verbosity(log_level)
-    datasets.utils.logging.set_verbosity(log_level)
+    set_verbosity(training_args.get_process_log_level())
 
+    check_output_dir(training_args)
+    checkpoint = resolve_resume(training_args)
     raw = _splits(
         load_instruction_data(data_args.train_file, data_args.validation_file, data_args.dataset_name,
                               data_args.dataset_config_name),
@@ -300,23 +309,26 @@ def finetune_lm(
         )
     set_seed(training_args.seed)  # the tiny model's weights and the LoRA adapters are random
     tokenizer, model = load_causal_lm(model_args, data_args.max_seq_length)
+    data_args.max_seq_length = fit_max_seq_length(data_args.max_seq_length, model.config, minimum=2)
+    check_checkpoint_fits(model, checkpoint, model_args.model_name_or_path)
     if training_args.gradient_checkpointing and model_args.lora_r > 0:
         model.enable_input_require_grads()  # else checkpointed blocks over a frozen embedding get no gradient
     with training_args.main_process_first(desc="tokenizing"):
         encoded = tokenize_instructions(raw, tokenizer, data_args.max_seq_length)
 
-    guard = StopOnNonFiniteLoss()
+    collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX)
+    guard = StopOnNonFiniteLoss(probe=encoded.get("validation", encoded["train"]), collate=collator)
     trainer = SAMTrainer(
         model=model,
         args=training_args,
         train_dataset=encoded["train"],
         eval_dataset=encoded.get("validation"),
         processing_class=tokenizer,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX),
+        data_collator=collator,
         callbacks=[guard],
     )
-    train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    guard.check(training_args.output_dir, training_args.learning_rate)
+    train_output = trainer.train(resume_from_checkpoint=checkpoint)
+    guard.check(trainer, checkpoint)
     trainer.save_model()
     trainer.save_state()
 

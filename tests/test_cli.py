@@ -6,6 +6,7 @@ and the labels in the prediction files are checked against the TSV files read he
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import re
@@ -33,8 +34,8 @@ QUICK = ["--max_steps", "2", "--max_train_samples", "64", "--max_eval_samples", 
 pytestmark = pytest.mark.slow
 
 
-def run_script(args, cwd, launcher=(sys.executable,), timeout=300):
-    env = {k: v for k, v in os.environ.items() if k != "GLUE_DIR"} | {"OMP_NUM_THREADS": "1"}
+def run_script(args, cwd, launcher=(sys.executable,), timeout=300, env=None):
+    env = {k: v for k, v in os.environ.items() if k != "GLUE_DIR"} | {"OMP_NUM_THREADS": "1"} | (env or {})
     proc = subprocess.run([*launcher, str(SCRIPT), *map(str, args)], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
     return proc
@@ -61,11 +62,12 @@ def check_predictions(out: Path, labels: list, prefix="eval") -> tuple[np.ndarra
 # ------------------------------------------------------------------------------------- the real script
 
 
-def test_rte_with_the_packaged_model(tmp_path, glue_root):
-    """The main command, shortened: default model, default optimizer, default checkpointing and logging."""
+def test_rte_with_the_packaged_model(tmp_path, embedded_glue):
+    """The main command, shortened, as on a fresh clone: default model, default optimizer, default checkpointing and
+    logging, and the embedded data (no --data_dir, no GLUE_DIR, no Hub)."""
     out = tmp_path / "out"
-    proc = run_script(["--task", "rte", "--optimizer", "adasam", "--data_dir", glue_root, "--output_dir", out, *QUICK],
-                      cwd=tmp_path)
+    proc = run_script(["--task", "rte", "--optimizer", "adasam", "--output_dir", out, *QUICK], cwd=tmp_path,
+                      env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
 
@@ -76,10 +78,14 @@ def test_rte_with_the_packaged_model(tmp_path, glue_root):
     assert set(results["versions"]) >= {"torch", "transformers", "adasam_hf"}
     hp = results["hyperparameters"]
     assert (hp["learning_rate"], hp["sam_rho"], hp["max_steps"], hp["max_seq_length"]) == (2e-5, 0.05, 2, 64)
-    assert hp["data_dir"] == str(glue_root) and hp["optimizer"] == "adasam"
+    assert hp["data_dir"] is None and hp["optimizer"] == "adasam"
+    # Where the data came from, with the sha256 of each file read, computed here with hashlib.
+    assert results["data_source"] == "embedded" and results["data_dir"] == str(embedded_glue)
+    files = [embedded_glue / "RTE" / name for name in ("train.tsv", "dev.tsv")]
+    assert results["data_files"] == {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
 
     predictions, labels = check_predictions(
-        out, dev_labels(glue_root, "RTE", "label", ["entailment", "not_entailment"], n=64))
+        out, dev_labels(embedded_glue, "RTE", "label", ["entailment", "not_entailment"], n=64))
     assert results["eval_accuracy"] == accuracy_score(labels, predictions)
 
     # The best model (the only checkpoint here) is saved with its tokenizer; TensorBoard has the run.
@@ -94,22 +100,23 @@ def test_rte_with_the_packaged_model(tmp_path, glue_root):
     assert list((out / "runs").rglob("events.out.tfevents.*"))
 
 
-def test_mrpc_with_sam_on_a_tiny_model(tmp_path, glue_root, tiny_model_dir):
+def test_mrpc_with_sam_on_a_tiny_model(tmp_path, embedded_glue, tiny_model_dir):
     out = tmp_path / "out"
-    proc = run_script(["--task", "mrpc", "--optimizer", "sam", "--data_dir", glue_root, "--output_dir", out,
+    proc = run_script(["--task", "mrpc", "--optimizer", "sam", "--data_dir", embedded_glue, "--output_dir", out,
                        "--model_name_or_path", tiny_model_dir, *QUICK], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["hyperparameters"]["learning_rate"] == 2e-2 and results["hyperparameters"]["sam_rho"] == 0.05
-    predictions, labels = check_predictions(out, dev_labels(glue_root, "MRPC", "Quality", n=64))
+    assert results["data_source"] == "data_dir"
+    predictions, labels = check_predictions(out, dev_labels(embedded_glue, "MRPC", "Quality", n=64))
     assert results["eval_accuracy"] == accuracy_score(labels, predictions)
     assert results["eval_f1"] == f1_score(labels, predictions)
     assert json.loads((out / "trainer_state.json").read_text())["best_metric"] == results["eval_f1"]
 
 
-def test_torchrun_two_processes(tmp_path, glue_root, tiny_model_dir):
+def test_torchrun_two_processes(tmp_path, embedded_glue, tiny_model_dir):
     torchrun = shutil.which("torchrun") or pytest.skip("torchrun not on PATH")
-    proc = run_script(["--task", "rte", "--data_dir", glue_root, "--model_name_or_path", tiny_model_dir, *QUICK],
+    proc = run_script(["--task", "rte", "--model_name_or_path", tiny_model_dir, *QUICK],
                       cwd=tmp_path, launcher=(torchrun, "--standalone", "--nproc_per_node", "2"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     (out,) = (tmp_path / "runs").iterdir()  # both processes agreed on the default output_dir
@@ -118,36 +125,45 @@ def test_torchrun_two_processes(tmp_path, glue_root, tiny_model_dir):
     assert results["world_size"] == 2
     assert results["hyperparameters"]["use_cpu"] is True  # without it, each process would train alone
     predictions, labels = check_predictions(
-        out, dev_labels(glue_root, "RTE", "label", ["entailment", "not_entailment"], n=64))
+        out, dev_labels(embedded_glue, "RTE", "label", ["entailment", "not_entailment"], n=64))
     assert results["eval_accuracy"] == accuracy_score(labels, predictions)
 
 
-def test_divergence_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path, glue_root, tiny_model_dir):
-    # An absurd learning rate: step 1 moves every weight by about 1e30, and the loss of step 2 overflows to NaN.
+def test_divergence_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path, embedded_glue, tiny_model_dir):
+    # A warmup from 0 to an absurd learning rate: step 1 (lr 0) leaves the weights as they are; step 2 (lr 3.3e29)
+    # blows them up to finite values whose outputs are NaN, so its checkpoint is refused (the loss of step 2, taken
+    # before that update, was still finite), and the good checkpoint-1 is neither pruned nor replaced as the best.
     out = tmp_path / "out"
-    proc = run_script(["--task", "rte", "--optimizer", "adamw", "--learning_rate", "1e30", "--data_dir", glue_root,
-                       "--output_dir", out, "--model_name_or_path", tiny_model_dir, *QUICK, "--max_steps", "6",
-                       "--warmup_steps", "0", "--save_strategy", "steps", "--save_steps", "1", "--eval_strategy",
-                       "steps", "--eval_steps", "1", "--logging_steps", "100"], cwd=tmp_path)
+    proc = run_script(["--task", "rte", "--optimizer", "adamw", "--learning_rate", "1e30", "--output_dir", out,
+                       "--model_name_or_path", tiny_model_dir, *QUICK, "--max_steps", "6", "--warmup_steps", "3",
+                       "--save_strategy", "steps", "--save_steps", "1", "--eval_strategy", "steps", "--eval_steps",
+                       "1", "--save_total_limit", "1", "--logging_steps", "100"], cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("finetune.py: error: training stopped at step 2: the training loss is nan"), last
-    assert "learning_rate 1e+30" in last and f"the last good checkpoint is {out / 'checkpoint-1'}" in last
+    assert last.startswith("finetune.py: error: training stopped at step 2: "), last
+    assert "learning_rate 1e+30" in last and last.endswith(f"the last good checkpoint is {out / 'checkpoint-1'}")
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
     assert not (out / "results.json").exists()
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    model = AutoModelForSequenceClassification.from_pretrained(out / "checkpoint-1")
+    # The named checkpoint is good: finite weights, and finite logits on the dev set, computed here.
+    model = AutoModelForSequenceClassification.from_pretrained(out / "checkpoint-1").eval()
     assert all(torch.isfinite(p).all() for p in model.parameters())
+    rows = read_tsv(embedded_glue / "RTE" / "dev.tsv")[:16]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    batch = tokenizer([r["sentence1"] for r in rows], [r["sentence2"] for r in rows], padding=True, truncation=True,
+                      max_length=64, return_tensors="pt")
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).logits).all()
 
 
-def test_do_predict_writes_glue_submission_files(tmp_path, glue_root, tiny_model_dir):
+def test_do_predict_writes_glue_submission_files(tmp_path, embedded_glue, tiny_model_dir):
     glue = tmp_path / "glue" / "RTE"
     glue.mkdir(parents=True)
     for name in ("train.tsv", "dev.tsv"):
-        (glue / name).symlink_to(glue_root / "RTE" / name)
-    dev = read_tsv(glue_root / "RTE" / "dev.tsv")[:10]  # the GLUE test layout: no label column
+        (glue / name).symlink_to(embedded_glue / "RTE" / name)
+    dev = read_tsv(embedded_glue / "RTE" / "dev.tsv")[:10]  # the GLUE test layout: no label column
     (glue / "test.tsv").write_text("index\tsentence1\tsentence2\n" + "".join(
         f"{i}\t{r['sentence1']}\t{r['sentence2']}\n" for i, r in enumerate(dev)))
     out = tmp_path / "out"
@@ -183,7 +199,7 @@ def test_a_nan_loss_stops_training_before_any_checkpoint_holds_it(tmp_path):
     assert trainer.state.global_step == 3
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
     with pytest.raises(TrainingDivergedError) as err:
-        guard.check(str(tmp_path), args.learning_rate)
+        guard.check(trainer)
     assert str(err.value) == (
         "training stopped at step 3: the training loss is nan, the weights are not finite (learning_rate 0.001 "
         f"too large?); the last good checkpoint is {tmp_path / 'checkpoint-2'}"

@@ -257,14 +257,15 @@ def test_unreachable_hub_says_how_to_use_local_files(monkeypatch, capfd):
         raise ConnectionError("Couldn't reach 'nyu-mll/glue' on the Hub (LocalEntryNotFoundError)")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    assert main(["--task", "rte"]) == 2
+    assert main(["--task", "cola"]) == 2  # not embedded: the Hub is its last source
     err = capfd.readouterr().err.strip()
     assert "\n" not in err and "Hub is unreachable" in err and "--data_dir DIR" in err and "GLUE_DIR" in err
+    assert "(embedded, offline: mrpc, rte)" in err
 
 
-def test_a_model_that_cannot_be_loaded_is_one_line(tmp_path, capfd, glue_root):
+def test_a_model_that_cannot_be_loaded_is_one_line(tmp_path, capfd):
     missing = tmp_path / "no-model"
-    assert main(["--task", "rte", "--data_dir", str(glue_root), "--model_name_or_path", str(missing)]) == 2
+    assert main(["--task", "rte", "--model_name_or_path", str(missing)]) == 2
     lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"finetune.py: error: cannot load model '{missing}'"), lines
     assert "--model_name_or_path minilm-l6" in lines[0]
@@ -284,7 +285,7 @@ def test_help_exits_0(capsys):
     (["--task", "rte", "--optimizer", "adasma"], {}, "Unknown optimizer: 'adasma' (choose from: adamw,"),
     (["--config", "CONFIG"], {}, "bad.yaml:4: malformed YAML: expected ',' or ']', but got '<stream end>' "
                                    "(while parsing a flow sequence at line 3)"),
-    (["--task", "rte"], {"HF_HUB_OFFLINE": "1"}, "pass --data_dir DIR (or set GLUE_DIR)"),
+    (["--task", "cola"], {"HF_HUB_OFFLINE": "1"}, "pass --data_dir DIR (or set GLUE_DIR)"),
 ])
 def test_script_bad_input_exit_2_one_line_no_traceback(tmp_path, argv, env, fragment):
     config = write(tmp_path / "bad.yaml", "task: rte\nseed: 1\nlearning_rate: [1\n")
