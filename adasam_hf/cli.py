@@ -130,12 +130,11 @@ def default_output_dir(task: str, optimizer: str) -> str:
     return path
 
 
-def load_model(model_args: ModelArguments, task: GlueTask, config=None):
-    """The tokenizer and a sequence classifier with the task's labels (one output for regression)."""
-    tokenizer, config = load_tokenizer_and_config(model_args, task) if config is None else (None, config)
-    model = _loading(model_args, AutoModelForSequenceClassification.from_pretrained,
-                     resolve_model_path(model_args.model_name_or_path), config=config)
-    return tokenizer, model
+def load_model(model_args: ModelArguments, config):
+    """The sequence classifier of `config` (from `load_tokenizer_and_config`: the task's labels, one output for
+    regression), with the model's pretrained weights."""
+    return _loading(model_args, AutoModelForSequenceClassification.from_pretrained,
+                    resolve_model_path(model_args.model_name_or_path), config=config)
 
 
 def load_tokenizer_and_config(model_args: ModelArguments, task: GlueTask):
@@ -205,7 +204,7 @@ def finetune(model_args: ModelArguments, data_args: DataArguments, training_args
         check_checkpoint_fits(AutoModelForSequenceClassification.from_config(config), checkpoint,
                               model_args.model_name_or_path)
     set_seed(training_args.seed)  # before the new classifier head is initialised
-    _, model = load_model(model_args, task, config)
+    model = load_model(model_args, config)
     with training_args.main_process_first(desc="tokenizing"):
         encoded = tokenize_glue(raw, tokenizer, task, data_args.max_seq_length)
 

@@ -30,19 +30,19 @@ from .callbacks import StopOnNonFiniteLoss
 from .cli import RESULTS_FILE, ArgumentParser, _resources, default_output_dir, run_command, set_verbosity
 from .config import CONFIG_DIR, ConfigError, resolve_model_path, resolve_settings
 from .data import quiet_hub_retries
-from .preflight import (
-    check_checkpoint_fits,
-    check_model_path,
-    check_output_dir,
-    fit_max_seq_length,
-    resolve_resume,
-)
 from .instruction_data import (
     IGNORE_INDEX,
     InstructionDataError,
     load_instruction_data,
     special_token_ids,
     tokenize_instructions,
+)
+from .preflight import (
+    check_checkpoint_fits,
+    check_model_path,
+    check_output_dir,
+    fit_max_seq_length,
+    resolve_resume,
 )
 from .trainer import SAMTrainer
 from .training_args import SAMTrainingArguments
