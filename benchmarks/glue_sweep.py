@@ -1,6 +1,6 @@
-"""Resumable GLUE sweep: (task, optimizer, seed, lr, rho) runs through `adasam_hf.cli.finetune`.
+"""Resumable GLUE sweep: (task, optimizer, seed, lr, rho) runs through `adasam_hf.glue.finetune`.
 
-    python benchmarks/glue_sweep.py --config benchmarks/sweep.yaml
+    python -m benchmarks.glue_sweep --config benchmarks/sweep.yaml
 
 Phase "tune" runs the grid at `tune_seed`. A grid is one stage (a dict of value lists) or a list
 of stages: each later stage varies its keys around the best point found so far (e.g. the rho grid at
@@ -24,7 +24,8 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.harness import REPO
+
 DEFAULT_RESULTS = REPO / "docs" / "results" / "runs"
 
 
@@ -79,7 +80,7 @@ def execute(config: dict, results: Path, data_dir: str | None, scratch: Path) ->
     path = result_path(results, config)
     if path.exists():
         return json.loads(path.read_text())
-    from adasam_hf.cli import finetune, parse_args
+    from adasam_hf.glue import finetune, parse_args
 
     out = scratch / run_key(config)
     argv = [f"--{k}={v}" for k, v in config.items() if k not in ("extra_args", "variant")]
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry_run", action="store_true", help="list the runs that would execute")
     args, extra = parser.parse_known_args(argv)  # extra: passed to every run (e.g. --max_steps 2)
 
-    from adasam_hf.data import get_task
+    from adasam_hf.glue import get_task
 
     sweep = yaml.safe_load(Path(args.config).read_text())
     results, scratch = Path(args.results), Path(args.scratch)
@@ -184,5 +185,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))
     sys.exit(main())

@@ -1,7 +1,7 @@
 """Time per step and peak memory per optimizer for causal-LM fine-tuning, LoRA and full, on CPU; ratios to AdamW.
 
-    python benchmarks/lm_cost.py --json docs/results/lm_cost.json     # the ~1.1B Llama config (TinyLlama's shape)
-    python benchmarks/lm_cost.py --preset small --steps 1             # a smoke run, about a minute
+    python -m benchmarks.lm_cost --json docs/results/lm_cost.json     # the ~1.1B Llama config (TinyLlama's shape)
+    python -m benchmarks.lm_cost --preset small --steps 1             # a smoke run, about a minute
 
 Each (mode, optimizer) runs in a fresh subprocess, so its peak RSS (VmHWM) is its own. The model is a LlamaConfig
 with random weights (no download), created directly in --dtype (bfloat16 by default: no float32 copy inflates the
@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
+from benchmarks.harness import (
+    add_workload_flags, cpu_model, optimizer_bytes, peak_rss_bytes, print_result, rss_bytes, run_child, step_timer,
+    tensor_bytes, versions,
+)
 
-from trainer_step import cpu_model  # noqa: E402
 OPTIMIZERS = {  # name -> learning rate (irrelevant to cost, but keeps the steps realistic)
     "sgd": 1e-2, "adamw": 2e-4, "amsgrad": 2e-4, "sam": 1e-2, "adasam": 1e-4,
 }
@@ -40,26 +38,6 @@ PRESETS = {
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256),
 }
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def _status_bytes(field: str) -> int | None:
-    """A /proc/self/status figure (VmHWM: peak RSS, VmRSS: current) in bytes; None off Linux."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def peak_rss_bytes() -> int:
-    peak = _status_bytes("VmHWM")
-    if peak is not None:
-        return peak
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def build_model(preset: str, mode: str, dtype: str, lora_r: int):
@@ -97,26 +75,17 @@ def worker(preset: str, mode: str, optimizer: str, steps: int, threads: int, bat
            lora_r: int) -> dict:
     """One run in this process: `steps` timed optimizer steps after a warm-up step."""
     import torch
-    from transformers import TrainerCallback
 
     from adasam_hf import SAMTrainer, SAMTrainingArguments
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = build_model(preset, mode, dtype, lora_r)
-    model_rss = _status_bytes("VmRSS")
+    model_rss = rss_bytes()
     trainable = [p for p in model.parameters() if p.requires_grad]
     frozen = [p for p in model.parameters() if not p.requires_grad]
 
-    times: list[float] = []
-
-    class StepTimer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.start = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            times.append(time.perf_counter() - self.start)
-
+    timer = step_timer()
     with tempfile.TemporaryDirectory() as out:
         args = SAMTrainingArguments(
             output_dir=out, optimizer=optimizer, learning_rate=OPTIMIZERS[optimizer], per_device_train_batch_size=batch,
@@ -124,16 +93,14 @@ def worker(preset: str, mode: str, optimizer: str, steps: int, threads: int, bat
             logging_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
         )
         data = RandomTokens((steps + 1) * batch, seq, model.config.vocab_size)
-        trainer = SAMTrainer(model=model, args=args, train_dataset=data, callbacks=[StepTimer()])
+        trainer = SAMTrainer(model=model, args=args, train_dataset=data, callbacks=[timer])
         trainer.train()
     opt = trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer
-    held = [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
-    held += list(getattr(opt, "_saved", {}).values())
-    held_bytes = sum(t.numel() * t.element_size() for t in held)
-    trainable_bytes = sum(p.numel() * p.element_size() for p in trainable)
+    held_bytes = optimizer_bytes(opt)["total"]
+    trainable_bytes = tensor_bytes(trainable)
     return {
-        "step_s": statistics.median(times[1:]),
-        "step_times": times[1:],
+        "step_s": statistics.median(timer.times[1:]),
+        "step_times": timer.times[1:],
         "peak_rss_gb": peak_rss_bytes() / 1e9,
         "model_rss_gb": model_rss / 1e9 if model_rss is not None else None,
         "held_param_sets": held_bytes / trainable_bytes,
@@ -143,12 +110,6 @@ def worker(preset: str, mode: str, optimizer: str, steps: int, threads: int, bat
         "trainable_dtype": str(trainable[0].dtype).removeprefix("torch."),
         "frozen_dtype": str(frozen[0].dtype).removeprefix("torch.") if frozen else None,
     }
-
-
-def torch_version() -> str:
-    import torch
-
-    return torch.__version__
 
 
 def format_table(report: dict) -> str:
@@ -182,13 +143,10 @@ def main(argv=None) -> int:
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated: lora, full")
     parser.add_argument("--optimizers", default=",".join(OPTIMIZERS), help="comma-separated")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per run (after one warm-up step)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--seq", type=int, default=128)
+    add_workload_flags(parser, batch=1)
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     parser.add_argument("--lora_r", type=int, default=16)
     parser.add_argument("--json", help="write the figures here")
-    parser.add_argument("--_worker", nargs=2, metavar=("MODE", "OPTIMIZER"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     modes, optimizers = args.modes.split(","), args.optimizers.split(",")
     for value, valid, flag in ((modes, MODES, "--modes"), (optimizers, OPTIMIZERS, "--optimizers")):
@@ -197,25 +155,18 @@ def main(argv=None) -> int:
             parser.error(f"{flag}: unknown {', '.join(bad)} (choose from: {', '.join(valid)})")
 
     common = (args.steps, args.threads, args.batch, args.seq, args.dtype, args.lora_r)
-    if args._worker:
-        print(json.dumps(worker(args.preset, *args._worker, *common)))
+    if args.child:  # MODE OPTIMIZER
+        print_result(worker(args.preset, *args.child, *common))
         return 0
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     report = {"preset": args.preset, "config": PRESETS[args.preset], "dtype": args.dtype, "lora_r": args.lora_r,
               "lora_targets": LORA_TARGETS, "batch": args.batch, "seq": args.seq, "steps": args.steps,
-              "threads": args.threads, "device": "cpu", "cpu": cpu_model(), "torch": torch_version(), "runs": []}
+              "threads": args.threads, "device": "cpu", "cpu": cpu_model(), "torch": versions()["torch"], "runs": []}
     for mode in modes:
         rows = {}
         for name in optimizers:
-            cmd = [sys.executable, __file__, "--_worker", mode, name, "--preset", args.preset,
-                   "--steps", str(args.steps), "--threads", str(args.threads), "--batch", str(args.batch),
-                   "--seq", str(args.seq), "--dtype", args.dtype, "--lora_r", str(args.lora_r)]
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            if proc.returncode != 0:
-                print(proc.stderr[-3000:], file=sys.stderr)
-                raise SystemExit(f"{mode} {name}: the worker failed (exit code {proc.returncode})")
-            rows[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+            rows[name] = run_child("benchmarks.lm_cost", [mode, name], args, [
+                "--preset", args.preset, "--steps", args.steps, "--dtype", args.dtype, "--lora_r", args.lora_r])
             print(f"[{args.preset} {mode}] {name}: {rows[name]['step_s']:.3f} s/step, "
                   f"peak {rows[name]['peak_rss_gb']:.2f} GB", flush=True)
         report["runs"].append({"mode": mode, "optimizers": rows})

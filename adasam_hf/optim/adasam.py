@@ -89,7 +89,11 @@ class AdaSAM(SharpnessAware):
             group.setdefault("adaptive", False)
         self.__dict__.setdefault("_no_bias_correction", {})
 
-    _state_keys = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    def scratch_tensors(self) -> list[torch.Tensor]:
+        """The saved copies of w, and the infinite step counts that switch off bias correction."""
+        return super().scratch_tensors() + list(self._no_bias_correction.values())
+
+    state_keys = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
     def _init_group(self, group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps):
         for p in group["params"]:

@@ -7,8 +7,8 @@ the ones that mean something for it; the others are validated and ignored.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
@@ -90,61 +90,38 @@ def validate_hparams(name: str, **hparams) -> dict:
     return values
 
 
-def is_sharpness_aware(optimizer: torch.optim.Optimizer) -> bool:
-    return isinstance(optimizer, SharpnessAware)
+def is_sharpness_aware(name_or_optimizer: str | torch.optim.Optimizer) -> bool:
+    """Whether an optimizer (by registry name, or an instance, also under accelerate's wrapper) takes the SAM
+    two-pass step."""
+    if isinstance(name_or_optimizer, str):
+        return get_optimizer_spec(name_or_optimizer).sharpness_aware
+    inner = getattr(name_or_optimizer, "optimizer", name_or_optimizer)  # accelerate's AcceleratedOptimizer
+    return isinstance(inner, SharpnessAware)
 
 
-def _register_builtin() -> None:
-    sgd_uses = ("lr", "momentum", "weight_decay")
-    adam_uses = ("lr", "betas", "eps", "weight_decay")
-    sam_uses = ("rho", "adaptive")
-
-    register_optimizer(OptimizerSpec(
-        "sgd", torch.optim.SGD, sgd_uses, "SGD with momentum (0.9 unless given)",
-        defaults={"momentum": 0.9},
-    ))
-    register_optimizer(OptimizerSpec(
-        "adamw", torch.optim.AdamW, adam_uses, "AdamW (torch; fused where available)",
-    ))
-    register_optimizer(OptimizerSpec(
-        "amsgrad",
-        lambda params, **kw: torch.optim.AdamW(params, amsgrad=True, **kw),
-        adam_uses,
-        "the paper's AMSGrad baseline: AdamW(amsgrad=True), weight decay 0 unless given",
-        defaults={"weight_decay": 0.0},
-    ))
-    register_optimizer(OptimizerSpec(
-        "sam",
-        lambda params, **kw: SAM(params, torch.optim.SGD, **kw),
-        sgd_uses + sam_uses,
-        "SAM over SGD with momentum (0.9 unless given)",
-        defaults={"momentum": 0.9},
-        sharpness_aware=True,
-    ))
-    register_optimizer(OptimizerSpec(
-        "asam",
-        lambda params, **kw: SAM(params, torch.optim.SGD, **kw),
-        sgd_uses + sam_uses,
-        "adaptive SAM (Kwon et al., 2021) over SGD with momentum",
-        defaults={"momentum": 0.9, "adaptive": True},
-        sharpness_aware=True,
-    ))
-    register_optimizer(OptimizerSpec(
-        "sam-adamw",
-        lambda params, **kw: SAM(params, torch.optim.AdamW, **kw),
-        adam_uses + sam_uses,
-        "SAM over AdamW",
-        sharpness_aware=True,
-    ))
-    register_optimizer(OptimizerSpec(
-        "adasam", AdaSAM, adam_uses + sam_uses, "AdaSAM, Algorithm 1 of Sun et al. (2023)",
-        sharpness_aware=True,
-    ))
-    register_optimizer(OptimizerSpec(
-        "adasam-adaptive", AdaSAM, adam_uses + sam_uses, "AdaSAM with the ASAM ascent",
-        defaults={"adaptive": True},
-        sharpness_aware=True,
-    ))
+def _sam_over(base: type[torch.optim.Optimizer], **fixed) -> Callable[..., SAM]:
+    return lambda params, **kw: SAM(params, base, **fixed, **kw)
 
 
-_register_builtin()
+_SGD = ("lr", "momentum", "weight_decay")
+_ADAM = ("lr", "betas", "eps", "weight_decay")
+_SAM = ("rho", "adaptive")
+_MOMENTUM = {"momentum": 0.9}
+
+for _spec in (
+    OptimizerSpec("sgd", torch.optim.SGD, _SGD, "SGD with momentum (0.9 unless given)", _MOMENTUM),
+    OptimizerSpec("adamw", torch.optim.AdamW, _ADAM, "AdamW (torch; fused where available)"),
+    OptimizerSpec("amsgrad", lambda params, **kw: torch.optim.AdamW(params, amsgrad=True, **kw), _ADAM,
+                  "the paper's AMSGrad baseline: AdamW(amsgrad=True), weight decay 0 unless given",
+                  {"weight_decay": 0.0}),
+    OptimizerSpec("sam", _sam_over(torch.optim.SGD), _SGD + _SAM, "SAM over SGD with momentum (0.9 unless given)",
+                  _MOMENTUM, sharpness_aware=True),
+    OptimizerSpec("asam", _sam_over(torch.optim.SGD), _SGD + _SAM,
+                  "adaptive SAM (Kwon et al., 2021) over SGD with momentum", {**_MOMENTUM, "adaptive": True},
+                  sharpness_aware=True),
+    OptimizerSpec("sam-adamw", _sam_over(torch.optim.AdamW), _ADAM + _SAM, "SAM over AdamW", sharpness_aware=True),
+    OptimizerSpec("adasam", AdaSAM, _ADAM + _SAM, "AdaSAM, Algorithm 1 of Sun et al. (2023)", sharpness_aware=True),
+    OptimizerSpec("adasam-adaptive", AdaSAM, _ADAM + _SAM, "AdaSAM with the ASAM ascent", {"adaptive": True},
+                  sharpness_aware=True),
+):
+    register_optimizer(_spec)

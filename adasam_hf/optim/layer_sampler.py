@@ -42,13 +42,18 @@ def layer_name(param_name: str) -> str:
     return ".".join(parts[:2]) if parts else param_name
 
 
+def check_layer_fraction(fraction: float) -> None:
+    """Raise ValueError unless 0 < `fraction` <= 1 (``sam_layer_fraction``)."""
+    if isinstance(fraction, bool) or not (isinstance(fraction, (int, float)) and 0.0 < fraction <= 1.0):
+        raise ValueError(f"Invalid sam_layer_fraction: {fraction!r} (must be in (0, 1])")
+
+
 class LayerSampler:
     """EXP3 over layers; `sample(step)` gives the layers to perturb at an optimizer step."""
 
     def __init__(self, named_params: Iterable[tuple[str, torch.Tensor]], fraction: float, seed: int = 0,
                  gamma: float = 0.1, discount: float = 0.99):
-        if not (isinstance(fraction, (int, float)) and 0.0 < fraction <= 1.0):
-            raise ValueError(f"Invalid sam_layer_fraction: {fraction!r} (must be in (0, 1])")
+        check_layer_fraction(fraction)
         layers: dict[str, list[torch.Tensor]] = {}
         for name, p in named_params:
             layers.setdefault(layer_name(name), []).append(p)

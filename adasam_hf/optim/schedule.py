@@ -42,10 +42,6 @@ class SAMSchedule:
             return random.Random(f"{self.seed}:{step}").random() < self.rst_prob
         return True
 
-    @property
-    def is_every_step(self) -> bool:
-        return self.interval == 1 and (self.mode != "rst" or self.rst_prob >= 1.0)
-
 
 def check_schedule(mode: str, rst_prob: float, interval: int) -> None:
     if mode not in SAM_MODES:

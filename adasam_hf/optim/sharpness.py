@@ -51,13 +51,17 @@ class SharpnessAware(Optimizer):
         self.__dict__.setdefault("_saved", {})
         self.__dict__.setdefault("_perturbed", None)
 
+    def scratch_tensors(self) -> list[torch.Tensor]:
+        """The tensors held between steps outside `state` (the reused copies of w), for memory accounting."""
+        return list(self._saved.values())
+
     def add_param_group(self, param_group: dict) -> None:
         if "rho" in param_group:
             check_rho(param_group["rho"])
         super().add_param_group(param_group)
 
     # Per-parameter state keys a state dict of this optimizer holds (checked by `load_state_dict`).
-    _state_keys: tuple[str, ...] = ()
+    state_keys: tuple[str, ...] = ()
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Load like any optimizer, after checking that `state_dict` is this kind of optimizer's.
@@ -66,7 +70,7 @@ class SharpnessAware(Optimizer):
             ValueError: It was saved by another optimizer (it lacks `rho`, holds another optimizer's
                 hyperparameters or state, ...); the message names what differs.
         """
-        check_state_dict(self, state_dict, self._state_keys)
+        check_state_dict(self, state_dict, self.state_keys)
         super().load_state_dict(state_dict)
 
     # --- the protocol -------------------------------------------------------------------
