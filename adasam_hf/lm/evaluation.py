@@ -24,6 +24,7 @@ from ..app.parsing import ArgumentParser, default_output_dir
 from ..app.preflight import check_output_dir
 from ..app.results import RESULTS_FILE, peak_rss_mb, software_versions
 from .arguments import DTYPES
+from .data import special_token_ids
 from .eval_tasks import available_tasks, task_dir
 
 __all__ = ["EvalArguments", "evaluate_lm", "evaluate_tasks", "main", "parse_args", "parse_tasks"]
@@ -71,9 +72,13 @@ def evaluate_tasks(model, tokenizer, tasks: list[str], limit: int | None = None,
     model.eval()
     datasets.disable_progress_bars()  # a bar per MMLU subject's local file would bury the results
     try:
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        # A tokenizer with neither BOS nor EOS (the BERT one of tiny-llama) gets its [CLS], as in training.
+        bos, eos = special_token_ids(tokenizer)
+        prefix = {} if tokenizer.bos_token_id is not None or tokenizer.eos_token_id is not None else {
+            "prefix_token_id": bos if bos is not None else eos}
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **prefix)
         out = simple_evaluate(model=lm, tasks=list(tasks), limit=limit, task_manager=manager, log_samples=False,
-                              verbosity="WARNING")
+                              verbosity="ERROR")  # not its warnings about passing a model object
     finally:
         model.train(was_training)
         if bars:

