@@ -90,3 +90,14 @@ def causal_lm_reference(model, dataset, *, optimizer: str, steps: int, batch: in
 
         ws = ref.step(ws, grad_fn)
     return dict(zip(names, ws))
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer over the tiny vocabulary ("t3" ... "t39"; pad 0, bos 1, eos 2), for trainers that
+    insist on one (TRL's SFTTrainer) while the data is already token ids."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"t{i}": i for i in range(3, VOCAB)}}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<pad>")),
+                                   pad_token="<pad>", bos_token="<s>", eos_token="</s>")
