@@ -1,10 +1,13 @@
 """Time per step and peak memory per optimizer for causal-LM fine-tuning, LoRA and full, on CPU; ratios to AdamW.
 
     python -m benchmarks.lm_cost --json docs/results/lm_cost.json     # the ~1.1B Llama config (TinyLlama's shape)
+    python -m benchmarks.lm_cost --preset smollm2 --dtype float32 --batch 4 --seq 256 \
+        --json docs/results/lm_cost_smollm2.json                      # the pretrained SmolLM2-135M
     python -m benchmarks.lm_cost --preset small --steps 1             # a smoke run, about a minute
 
 Each (mode, optimizer) runs in a fresh subprocess, so its peak RSS (VmHWM) is its own. The model is a LlamaConfig
-with random weights (no download), created directly in --dtype (bfloat16 by default: no float32 copy inflates the
+with random weights (no download), or, with --preset smollm2, the pretrained SmolLM2-135M-Instruct (packaged), created
+directly in --dtype (bfloat16 by default: no float32 copy inflates the
 peak, and full AdaSAM on 1.1B parameters, weights + gradients + 3 state sets + SAM's saved copy, fits in 24 GB only
 so). Full fine-tuning then keeps the weights, gradients, optimizer state and the saved copy in that dtype; LoRA
 (rank --lora_r on every linear layer of the blocks) keeps float32 adapters, and their state, over the frozen base.
@@ -36,6 +39,8 @@ PRESETS = {
                num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048),
     "small": dict(vocab_size=1000, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256),
+    # The pretrained model of the LLM experiments: adasam_hf's alias of SmolLM2-135M-Instruct (134.5M parameters).
+    "smollm2": "smollm2-135m",
 }
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -44,8 +49,13 @@ def build_model(preset: str, mode: str, dtype: str, lora_r: int):
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    config = LlamaConfig(**PRESETS[preset], tie_word_embeddings=False)
-    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))  # built in dtype, no copy
+    if isinstance(PRESETS[preset], str):
+        from adasam_hf.app.models import resolve_model_path
+
+        model = AutoModelForCausalLM.from_pretrained(resolve_model_path(PRESETS[preset]), dtype=getattr(torch, dtype))
+    else:
+        config = LlamaConfig(**PRESETS[preset], tie_word_embeddings=False)
+        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))  # built in dtype, no copy
     if mode == "lora":
         from peft import LoraConfig, get_peft_model
 

@@ -226,6 +226,29 @@ def lm_cost_section(path: Path) -> list[str]:
     return lines + [""]
 
 
+def smollm2_cost_section(path: Path) -> list[str]:
+    command = ("python -m benchmarks.lm_cost --preset smollm2 --dtype float32 --batch 4 --seq 256 "
+               "--json docs/results/lm_cost_smollm2.json")
+    lines = ["### Fine-tuning SmolLM2-135M-Instruct: LoRA r16 and full, time and memory per optimizer", ""]
+    if not path.exists():
+        return lines + [f"Not measured yet: run `{command}`.", ""]
+    cost = json.loads(path.read_text())
+    lines += [f"The pretrained model of the LLM experiments, weights in {cost['dtype']}, LoRA rank {cost['lora_r']} on "
+              f"{', '.join(cost['lora_targets'])}; median of {cost['steps']} timed steps after a warm-up step; peak "
+              f"RSS of a fresh process per run. `{command}`"]
+    lines += format_table(cost).splitlines()
+    for run in cost["runs"]:
+        rows = run["optimizers"]
+        if {"adamw", "adasam"} <= set(rows):
+            sets = rows["adasam"]["held_param_sets"] - rows["adamw"]["held_param_sets"]
+            gb = rows["adasam"]["held_gb"] - rows["adamw"]["held_gb"]
+            peak = rows["adasam"]["peak_rss_gb"] - rows["adamw"]["peak_rss_gb"]
+            lines += ["", f"{run['mode']}: AdaSAM − AdamW = {sets:.2f} parameter sets held ({gb:.3f} GB; theory 2: "
+                      f"v̂ and the saved copy), peak RSS {peak:+.2f} GB, time per step "
+                      f"x{rows['adasam']['step_s'] / rows['adamw']['step_s']:.2f}."]
+    return lines + [""]
+
+
 def runs_section(records, sweep, tasks) -> list[str]:
     """Every stored run, so partial sweeps and the tuning behind each choice are visible."""
     from adasam_hf.glue import get_task
@@ -293,6 +316,7 @@ def main(argv=None) -> int:
     lines += cost_section(Path(args.cost))
     lines += modes_cost_section(Path(args.cost).parent / "sam_modes_cost.json")
     lines += lm_cost_section(Path(args.cost).parent / "lm_cost.json")
+    lines += smollm2_cost_section(Path(args.cost).parent / "lm_cost_smollm2.json")
     lines += statistics_section(summary, tasks)
     lines += modes_accuracy_section(summary, sweep, tasks)
     lines += ["## GPU rows (roberta-base)", "", "Not run: no GPU was lent to the sessions that ran this sweep.", "",
@@ -301,6 +325,8 @@ def main(argv=None) -> int:
               "python -m benchmarks.optimizer_cost --json docs/results/cost.json",
               "python -m benchmarks.sam_modes_cost --json docs/results/sam_modes_cost.json",
               "python -m benchmarks.lm_cost --json docs/results/lm_cost.json",
+              "python -m benchmarks.lm_cost --preset smollm2 --dtype float32 --batch 4 --seq 256 "
+              "--json docs/results/lm_cost_smollm2.json",
               "python -m benchmarks.make_report", "```", ""]
     lines += runs_section(records, sweep, tasks)
     out.write_text("\n".join(lines))

@@ -239,3 +239,20 @@ def test_finetune_lm_bad_task_flags_are_one_line_and_exit_2(tmp_path, args, frag
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
     assert lines[0].startswith("finetune_lm.py: error: ") and all(f in lines[0] for f in fragments), lines[0]
+
+
+def test_finetune_then_evaluate_the_saved_model(tmp_path):
+    """The model finetune_lm.py saves (tiny-llama, full fine-tuning) is what evaluate_lm.py scores, in a new process,
+    exactly as finetune_lm.py scored it after training."""
+    out = tmp_path / "ft"
+    proc = run_finetune_lm("--train_tasks", "openbookqa", "--max_train_samples", "16", "--max_steps", "2",
+                           "--per_device_train_batch_size", "4", "--learning_rate", "3e-3", "--eval_strategy", "no",
+                           "--validation_split_percentage", "0", "--eval_tasks", "openbookqa",
+                           "--eval_tasks_limit", "5", "--report_to", "none", "--output_dir", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    after = json.loads((out / "results.json").read_text())["benchmarks"]["after"]["openbookqa"]
+    proc = run_script("--model_name_or_path", str(out), "--tasks", "openbookqa", "--limit", "5",
+                      "--output_dir", str(tmp_path / "eval"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    scored = json.loads((tmp_path / "eval" / "results.json").read_text())["results"]["openbookqa"]
+    assert scored == after
