@@ -249,6 +249,30 @@ def smollm2_cost_section(path: Path) -> list[str]:
     return lines + [""]
 
 
+# The seed's AdaSAM row after instruction tuning (Sun et al., 2023), accuracy in %.
+PAPER_LLM_ROW = {"hellaswag": 70.17, "openbookqa": 36.2, "boolq": 79.2, "arc_challenge": 44.28, "mmlu_stem": 50.49}
+
+
+def zero_shot_section(path: Path) -> list[str]:
+    command = ("python scripts/evaluate_lm.py --model_name_or_path smollm2-135m --tasks "
+               "hellaswag,openbookqa,boolq,arc_challenge,mmlu_stem --limit 500 --output_dir "
+               "docs/results/lm_zero_shot_smollm2")
+    lines = ["### SmolLM2-135M-Instruct before fine-tuning: zero-shot on the seed's five LLM benchmarks", ""]
+    if not path.exists():
+        return lines + [f"Not measured yet: run `{command}`.", ""]
+    report = json.loads(path.read_text())
+    lines += [f"lm-eval over the packaged tasks (`{command}`): the first "
+              f"{report['limit']} documents of each task (MMLU-STEM: of each of its 19 subjects, i.e. all of them), "
+              f"{report['dtype']}, {report['wall_time_s'] / 60:.0f} min on 2 CPU threads. The paper's row is AdaSAM "
+              "after instruction tuning of a Llama-class model of billions of parameters, for scale only.", "",
+              "| task | n | acc (%) | acc_norm (%) | ± stderr | paper, AdaSAM (%) |",
+              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for task, r in report["results"].items():
+        lines.append(f"| {task} | {r['n']} | {100 * r['acc']:.1f} | {100 * r['acc_norm']:.1f} | "
+                     f"{100 * r['acc_stderr']:.1f} | {PAPER_LLM_ROW.get(task, '-')} |")
+    return lines + [""]
+
+
 def runs_section(records, sweep, tasks) -> list[str]:
     """Every stored run, so partial sweeps and the tuning behind each choice are visible."""
     from adasam_hf.glue import get_task
@@ -317,6 +341,7 @@ def main(argv=None) -> int:
     lines += modes_cost_section(Path(args.cost).parent / "sam_modes_cost.json")
     lines += lm_cost_section(Path(args.cost).parent / "lm_cost.json")
     lines += smollm2_cost_section(Path(args.cost).parent / "lm_cost_smollm2.json")
+    lines += zero_shot_section(Path(args.cost).parent / "lm_zero_shot_smollm2" / "results.json")
     lines += statistics_section(summary, tasks)
     lines += modes_accuracy_section(summary, sweep, tasks)
     lines += ["## GPU rows (roberta-base)", "", "Not run: no GPU was lent to the sessions that ran this sweep.", "",
@@ -327,6 +352,9 @@ def main(argv=None) -> int:
               "python -m benchmarks.lm_cost --json docs/results/lm_cost.json",
               "python -m benchmarks.lm_cost --preset smollm2 --dtype float32 --batch 4 --seq 256 "
               "--json docs/results/lm_cost_smollm2.json",
+              "python scripts/evaluate_lm.py --model_name_or_path smollm2-135m --tasks "
+              "hellaswag,openbookqa,boolq,arc_challenge,mmlu_stem --limit 500 --output_dir "
+              "docs/results/lm_zero_shot_smollm2 --overwrite_output_dir",
               "python -m benchmarks.make_report", "```", ""]
     lines += runs_section(records, sweep, tasks)
     out.write_text("\n".join(lines))
