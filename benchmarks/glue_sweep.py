@@ -114,7 +114,9 @@ def tuning_plan(records: list[dict], sweep: dict, task: str, optimizer: str, met
                 scored.append((record["result"][f"eval_{metric}"], point))
         if best is None:
             return points, None
-        best_score, best = max(scored, key=lambda s: s[0])  # ties: the earlier point
+        # Ties: the earlier point. A loss is minimised (the Trainer's rule for metric_for_best_model).
+        sign = -1 if metric.endswith("loss") else 1
+        best_score, best = max(scored, key=lambda s: sign * s[0])
     return points, best
 
 

@@ -99,6 +99,10 @@ class LMDataArguments:
     eval_tasks_limit: int | None = field(
         default=None, metadata={"help": "With --eval_tasks: score the first N documents of each task."}
     )
+    eval_tasks_before: bool = field(
+        default=True, metadata={"help": "With --eval_tasks: also score the model before training (the zero-shot "
+                                "baseline; a sweep that has it once can skip it)."}
+    )
     config: str | None = field(
         default=None, metadata={"help": "A YAML file of settings over configs/lm/defaults.yaml."}
     )

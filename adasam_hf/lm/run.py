@@ -97,7 +97,9 @@ def finetune_lm(
         model.enable_input_require_grads()  # else checkpointed blocks over a frozen embedding get no gradient
     with training_args.main_process_first(desc="tokenizing"):
         encoded = tokenize_instructions(raw, tokenizer, data_args.max_seq_length)
-    benchmarks = {"before": _benchmark(model, tokenizer, data_args, training_args)} if data_args.eval_task_list else {}
+    benchmarks = {}
+    if data_args.eval_task_list and data_args.eval_tasks_before:
+        benchmarks["before"] = _benchmark(model, tokenizer, data_args, training_args)
 
     collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX)
     guard = StopOnNonFiniteLoss(probe=encoded.get("validation", encoded["train"]), collate=collator)
@@ -114,7 +116,7 @@ def finetune_lm(
     guard.check(trainer, checkpoint)
     trainer.save_model()
     trainer.save_state()
-    if benchmarks:
+    if data_args.eval_task_list:
         benchmarks["after"] = _benchmark(trainer.model, tokenizer, data_args, training_args)
 
     trainable = [p for p in model.parameters() if p.requires_grad]
