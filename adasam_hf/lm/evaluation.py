@@ -58,10 +58,12 @@ def _hub_tasks() -> list[str]:
 
 
 def evaluate_tasks(model, tokenizer, tasks: list[str], limit: int | None = None, batch_size: int = 8,
-                   from_hub: bool = False) -> dict[str, dict]:
+                   from_hub: bool = False, per_document: bool = False) -> dict[str, dict]:
     """Score `model` on `tasks` (zero-shot, log-likelihood multiple choice); ``{task: {"acc", "acc_norm",
     "acc_stderr", "n"}}``, `n` the documents scored (with `limit`, the first `limit` of each task; for
-    ``mmlu_stem``, of each subject)."""
+    ``mmlu_stem``, of each subject). With `per_document`, each task also gets ``"documents": {"id", "acc",
+    "acc_norm"}``, one entry per document in a fixed order (ids ``task/doc_id``), so two models scored on the same
+    documents can be compared pair by pair."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -81,8 +83,8 @@ def evaluate_tasks(model, tokenizer, tasks: list[str], limit: int | None = None,
         prefix = {} if tokenizer.bos_token_id is not None or tokenizer.eos_token_id is not None else {
             "prefix_token_id": bos if bos is not None else eos}
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **prefix)
-        out = simple_evaluate(model=lm, tasks=list(tasks), limit=limit, task_manager=manager, log_samples=False,
-                              verbosity="ERROR")
+        out = simple_evaluate(model=lm, tasks=list(tasks), limit=limit, task_manager=manager,
+                              log_samples=per_document, verbosity="ERROR")
     finally:
         model.train(was_training)
         lm_eval_logger.setLevel(level)
@@ -97,7 +99,21 @@ def evaluate_tasks(model, tokenizer, tasks: list[str], limit: int | None = None,
         if not isinstance(stderr, float) or math.isnan(stderr):  # lm-eval gives "N/A" for a single document
             stderr = math.sqrt(acc * (1 - acc) / max(n - 1, 1))
         results[task] = {"acc": acc, "acc_norm": scores.get("acc_norm,none"), "acc_stderr": stderr, "n": n}
+        if per_document:
+            results[task]["documents"] = _documents_of(out, task)
     return results
+
+
+def _documents_of(out: dict, task: str) -> dict[str, list]:
+    """Per-document acc and acc_norm of a task (of each subtask of a group, in order), sorted by doc_id."""
+    subtasks = out.get("group_subtasks", {}).get(task) or [task]
+    ids, acc, acc_norm = [], [], []
+    for name in subtasks:
+        for sample in sorted(out["samples"][name], key=lambda s: s["doc_id"]):
+            ids.append(f"{name}/{sample['doc_id']}")
+            acc.append(sample["acc"])
+            acc_norm.append(sample["acc_norm"])
+    return {"id": ids, "acc": acc, "acc_norm": acc_norm}
 
 
 def _documents(out: dict, task: str) -> int:
@@ -185,7 +201,9 @@ def evaluate_lm(args: EvalArguments) -> dict:
     set_seed(args.seed)
     start = time.perf_counter()
     tokenizer, model = load_for_evaluation(args.model_name_or_path, args.model_dtype)
-    results = evaluate_tasks(model, tokenizer, args.task_list, args.limit, args.batch_size, args.from_hub)
+    results = evaluate_tasks(model, tokenizer, args.task_list, args.limit, args.batch_size, args.from_hub,
+                             per_document=True)
+    documents = {task: r.pop("documents") for task, r in results.items()}
     lora = getattr(model, "peft_config", None)
     report = {
         "model_name_or_path": args.model_name_or_path,
@@ -196,6 +214,7 @@ def evaluate_lm(args: EvalArguments) -> dict:
         "limit": args.limit,
         "task_source": "lm_eval (Hub)" if args.from_hub else f"packaged ({task_dir()})",
         "results": results,
+        "documents": documents,  # per document, for paired comparisons between models
         "wall_time_s": round(time.perf_counter() - start, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,

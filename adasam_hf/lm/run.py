@@ -143,12 +143,13 @@ def finetune_lm(
 
 
 def _benchmark(model, tokenizer, data_args: LMDataArguments, training_args: SAMTrainingArguments) -> dict | None:
-    """lm-eval scores of `model` on --eval_tasks, by the main process (the others wait; they get None)."""
+    """lm-eval scores of `model` on --eval_tasks (with each document's), by the main process (the others wait; they
+    get None)."""
     scores = None
     with training_args.main_process_first(desc="benchmarks"):
         if training_args.process_index == 0:
             scores = evaluate_tasks(model, tokenizer, data_args.eval_task_list, data_args.eval_tasks_limit,
-                                    batch_size=training_args.per_device_eval_batch_size)
+                                    batch_size=training_args.per_device_eval_batch_size, per_document=True)
     return scores
 
 

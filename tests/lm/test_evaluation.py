@@ -164,6 +164,12 @@ def test_evaluate_lm_writes_results_for_the_packaged_model(tmp_path, smollm2):
     assert report["results"]["arc_easy"]["n"] == 2 and report["results"]["mmlu_stem"]["n"] == 2 * len(MMLU_STEM)
     for r in report["results"].values():
         assert set(r) == {"acc", "acc_norm", "acc_stderr", "n"} and 0 <= r["acc"] <= 1
+    documents = report["documents"]  # per document, for paired comparisons; the task's scores are their means
+    assert documents["arc_easy"]["id"] == ["arc_easy/0", "arc_easy/1"]
+    assert len(documents["mmlu_stem"]["id"]) == 2 * len(MMLU_STEM)
+    for task, r in report["results"].items():
+        for metric in ("acc", "acc_norm"):
+            assert sum(documents[task][metric]) / r["n"] == pytest.approx(r[metric])
     assert report["wall_time_s"] > 0 and report["peak_rss_mb"] > 0
 
 
@@ -254,5 +260,6 @@ def test_finetune_then_evaluate_the_saved_model(tmp_path):
     proc = run_script("--model_name_or_path", str(out), "--tasks", "openbookqa", "--limit", "5",
                       "--output_dir", str(tmp_path / "eval"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    scored = json.loads((tmp_path / "eval" / "results.json").read_text())["results"]["openbookqa"]
-    assert scored == after
+    report = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert after.pop("documents") == report["documents"]["openbookqa"]
+    assert report["results"]["openbookqa"] == after
