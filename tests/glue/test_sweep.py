@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks import glue_sweep, make_report
+from benchmarks import glue_sweep, make_report, sweep_plan
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ def test_toy_sweep_resumes_and_reports(tmp_path, embedded_glue, tiny_model_dir, 
     assert adasam_points == [(1e-4, 0.02), (1e-4, 0.05)]
     for path in stored:
         record = json.loads(path.read_text())
-        assert path.stem == record["key"] == glue_sweep.run_key(record["config"])
+        assert path.stem == record["key"] == sweep_plan.run_key(record["config"])
         assert 0.0 <= record["result"]["eval_accuracy"] <= 1.0
         assert [h["step"] for h in record["result"]["log_history"] if "loss" in h] == [1, 2]  # for the curves
     # The final run at seed 0 is the tuning run itself: same configuration, same hash, not run twice.
@@ -60,11 +60,11 @@ def test_toy_sweep_resumes_and_reports(tmp_path, embedded_glue, tiny_model_dir, 
     assert make_report.main(["--config", str(config), "--results", str(results), "--out", str(out),
                              "--cost", str(tmp_path / "no-cost.json")]) == 0
     report = out.read_text()
-    records = glue_sweep.load_results(results)
+    records = sweep_plan.load_results(results)
 
     def final_of(opt):
-        best = glue_sweep.best_point(records, sweep, "rte", opt, "accuracy")
-        return next(r for r in records if r["config"] == glue_sweep.run_config(sweep, "rte", opt, 0, best))
+        best = sweep_plan.best_point(records, sweep, "rte", opt, "accuracy")
+        return next(r for r in records if r["config"] == sweep_plan.run_config(sweep, "rte", opt, 0, best))
 
     for opt in sweep["optimizers"]:
         tuned = [r["result"]["eval_accuracy"] for r in records
