@@ -24,9 +24,10 @@ from ..app.models import resolve_model_path
 from ..app.parsing import ArgumentParser, default_output_dir
 from ..app.preflight import check_output_dir
 from ..app.results import RESULTS_FILE, peak_rss_mb, software_versions
-from .arguments import DTYPES
+from .arguments import DTYPES, LMModelArguments
 from .data import special_token_ids
 from .eval_tasks import available_tasks, task_dir
+from .model import load_causal_lm
 
 __all__ = ["EvalArguments", "evaluate_lm", "evaluate_tasks", "main", "parse_args", "parse_tasks"]
 
@@ -167,25 +168,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvalArguments]:
 
 
 def load_for_evaluation(name: str, dtype: str):
-    """(tokenizer, model) of a model folder, a Hub id, an alias, or a folder of LoRA adapters (over their base)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """(tokenizer, model) of what finetune_lm.py loads (a folder, a Hub id, an alias), or of a folder of LoRA
+    adapters saved by it (over their base)."""
+    path = resolve_model_path(name)
+    if not (Path(path) / "adapter_config.json").is_file():
+        return load_causal_lm(LMModelArguments(model_name_or_path=name, model_dtype=dtype))
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoTokenizer
 
     from ..app.models import load_pretrained
-    from ..app.preflight import check_model_path
 
-    path = resolve_model_path(name)
-    torch_dtype = DTYPES[dtype]
-    if (Path(path) / "adapter_config.json").is_file():
-        from peft import AutoPeftModelForCausalLM
-
-        model = load_pretrained("LoRA adapters", name, "smollm2-135m", AutoPeftModelForCausalLM.from_pretrained,
-                                path, dtype=torch_dtype)
-    else:
-        if path.startswith((".", "/", "~")) and not Path(path).expanduser().exists():
-            raise ConfigError(f"model folder not found: {path} (or pass a Hub id, or smollm2-135m)")
-        check_model_path(path, name)
-        model = load_pretrained("causal LM", name, "smollm2-135m", AutoModelForCausalLM.from_pretrained, path,
-                                dtype=torch_dtype)
+    model = load_pretrained("LoRA adapters", name, "smollm2-135m", AutoPeftModelForCausalLM.from_pretrained, path,
+                            dtype=DTYPES[dtype])
     tokenizer = load_pretrained("tokenizer", name, "smollm2-135m", AutoTokenizer.from_pretrained, path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
