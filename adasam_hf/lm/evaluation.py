@@ -150,6 +150,8 @@ class EvalArguments:
     def __post_init__(self):
         self.task_list = parse_tasks(self.tasks, self.from_hub)
         check_positive_ints(self, ("limit", "batch_size"), optional=("limit",))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ConfigError(f"invalid seed: {self.seed!r} (must be an integer in [0, 2**32 - 1])")
         if self.model_dtype not in DTYPES:
             raise ConfigError(f"invalid model_dtype: {self.model_dtype!r} (choose from: {', '.join(DTYPES)})")
         self.output_dir = self.output_dir or default_output_dir("eval")

@@ -178,6 +178,8 @@ def test_evaluate_lm_writes_results_for_the_packaged_model(tmp_path, smollm2):
     (["--tasks", ","], ["invalid tasks"]),
     (["--limit", "0"], ["invalid limit: 0", "positive integer"]),
     (["--batch_size", "-1"], ["invalid batch_size: -1"]),
+    (["--seed", "-1"], ["invalid seed: -1"]),
+    (["--limit", "nan"], ["--limit", "nan"]),
     (["--model_name_or_path", "./no-such-model"], ["model folder not found", "no-such-model"]),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragments):
