@@ -28,6 +28,11 @@ DEFAULT_RESULTS = REPO / "docs" / "results" / "lm_runs"
 METRIC = "loss"  # the held-out eval_loss, minimised
 
 
+def final_settings(sweep: dict) -> dict:
+    """What a final run adds to its configuration (and hash): the benchmark flags of `final_eval`."""
+    return {f"eval_{k}": v for k, v in sweep.get("final_eval", {}).items()}
+
+
 def execute(config: dict, results: Path, scratch: Path) -> dict:
     """Run one configuration (or return its stored result) and store it as JSON (the model is not kept)."""
     path = result_path(results, config)
@@ -54,9 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)  # extra: passed to every run (e.g. --max_steps 2)
     sweep = yaml.safe_load(Path(args.config).read_text())
     results, scratch = Path(args.results), Path(args.scratch)
-    final_eval = {f"eval_{k}": v for k, v in sweep.get("final_eval", {}).items()}
     return run_sweep(sweep, args, extra, [sweep["experiment"]], lambda task: METRIC,
-                     lambda config: execute(config, results, scratch), final_eval, name="lm_sweep")
+                     lambda config: execute(config, results, scratch), final_settings(sweep), name="lm_sweep")
 
 
 if __name__ == "__main__":

@@ -60,7 +60,18 @@ def software_versions() -> dict:
         "transformers": transformers.__version__,
         "datasets": datasets.__version__,
         "accelerate": accelerate.__version__,
+        **{name: _installed(name) for name in ("peft", "lm_eval")},
     }
+
+
+def _installed(distribution: str) -> str | None:
+    """A package's version without importing it (None if absent)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
 
 
 def peak_rss_mb() -> float:

@@ -99,6 +99,10 @@ class LMDataArguments:
     eval_tasks_limit: int | None = field(
         default=None, metadata={"help": "With --eval_tasks: score the first N documents of each task."}
     )
+    eval_tasks_subset_seed: int | None = field(
+        default=None, metadata={"help": "With --eval_tasks_limit: score N documents of each task drawn at random with "
+                                "this seed (the same ones before and after, and for every run) instead of the first N."}
+    )
     eval_tasks_before: bool = field(
         default=True, metadata={"help": "With --eval_tasks: also score the model before training (the zero-shot "
                                 "baseline; a sweep that has it once can skip it)."}
@@ -127,6 +131,10 @@ class LMDataArguments:
             )
         optional = ("max_train_samples", "max_eval_samples", "eval_tasks_limit")
         check_positive_ints(self, ("max_seq_length", *optional), optional=optional)
+        from .evaluation import check_subset_seed
+
+        check_subset_seed(self.eval_tasks_subset_seed, self.eval_tasks_limit,
+                          ("eval_tasks_subset_seed", "--eval_tasks_limit"))
 
 
 def _task_list(flag: str, value: str, valid: tuple[str, ...]) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -58,12 +59,34 @@ def _hub_tasks() -> list[str]:
     return sorted(TaskManager().all_tasks)
 
 
+def check_subset_seed(seed: int | None, limit: int | None, names: tuple[str, str]) -> None:
+    """A subset seed is an integer in [0, 2**32) and only means something with a limit (`names`: the two flags)."""
+    if seed is None:
+        return
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ConfigError(f"invalid {names[0]}: {seed!r} (must be an integer in [0, 2**32 - 1])")
+    if limit is None:
+        raise ConfigError(f"{names[0]} {seed} needs {names[1]} N (the subset's size); without it every document "
+                          "is scored")
+
+
+def seeded_subsets(tasks: list[str], limit: int, seed: int, manager) -> dict[str, list[int]]:
+    """`limit` document indices of each task (each subtask of a group), drawn without replacement by a generator
+    seeded with (`seed`, task name), sorted: the same subset for every model, whatever the order of the file
+    (lm-eval's own `limit` takes the first N: HellaSwag's validation file puts its 3,243 ActivityNet contexts
+    before the WikiHow ones, so its first 200 documents hold no WikiHow one)."""
+    sizes = {name: len(task.eval_docs) for name, task in manager.load(list(tasks))["tasks"].items()}
+    return {name: sorted(random.Random(f"{seed}/{name}").sample(range(n), min(limit, n))) for name, n in sizes.items()}
+
+
 def evaluate_tasks(model, tokenizer, tasks: list[str], limit: int | None = None, batch_size: int = 8,
-                   from_hub: bool = False, per_document: bool = False) -> dict[str, dict]:
+                   from_hub: bool = False, per_document: bool = False,
+                   subset_seed: int | None = None) -> dict[str, dict]:
     """Score `model` on `tasks` (zero-shot, log-likelihood multiple choice); ``{task: {"acc", "acc_norm",
-    "acc_stderr", "n"}}``, `n` the documents scored (with `limit`, the first `limit` of each task; for
-    ``mmlu_stem``, of each subject). With `per_document`, each task also gets ``"documents": {"id", "acc",
-    "acc_norm"}``, one entry per document in a fixed order (ids ``task/doc_id``), so two models scored on the same
+    "acc_stderr", "n"}}``, `n` the documents scored (with `limit`, the first `limit` of each task, or with
+    `subset_seed` a seeded random `limit` of them (`seeded_subsets`); for ``mmlu_stem``, of each subject). With
+    `per_document`, each task also gets ``"documents": {"id", "acc", "acc_norm"}``, one entry per document in a
+    fixed order (ids ``task/doc_id``, doc_id the index in the whole split), so two models scored on the same
     documents can be compared pair by pair."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
@@ -84,8 +107,9 @@ def evaluate_tasks(model, tokenizer, tasks: list[str], limit: int | None = None,
         prefix = {} if tokenizer.bos_token_id is not None or tokenizer.eos_token_id is not None else {
             "prefix_token_id": bos if bos is not None else eos}
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **prefix)
-        out = simple_evaluate(model=lm, tasks=list(tasks), limit=limit, task_manager=manager,
-                              log_samples=per_document, verbosity="ERROR")
+        subset = None if subset_seed is None or limit is None else seeded_subsets(tasks, limit, subset_seed, manager)
+        out = simple_evaluate(model=lm, tasks=list(tasks), limit=None if subset else limit, samples=subset,
+                              task_manager=manager, log_samples=per_document, verbosity="ERROR")
     finally:
         model.train(was_training)
         lm_eval_logger.setLevel(level)
@@ -137,6 +161,9 @@ class EvalArguments:
     )
     tasks: str = field(default=DEFAULT_TASKS, metadata={"help": "Comma-separated lm-eval task names."})
     limit: int | None = field(default=None, metadata={"help": "Score only the first N documents of each task."})
+    subset_seed: int | None = field(
+        default=None, metadata={"help": "With --limit: score N documents of each task drawn at random with this seed "
+                                "(the same ones for every model) instead of the first N."})
     batch_size: int = field(default=8, metadata={"help": "Documents per forward pass."})
     model_dtype: str = field(default="float32", metadata={"help": "Weights' dtype.", "choices": list(DTYPES)})
     from_hub: bool = field(default=False, metadata={"help": "lm-eval's own tasks and datasets (the Hub)."})
@@ -150,6 +177,7 @@ class EvalArguments:
     def __post_init__(self):
         self.task_list = parse_tasks(self.tasks, self.from_hub)
         check_positive_ints(self, ("limit", "batch_size"), optional=("limit",))
+        check_subset_seed(self.subset_seed, self.limit, ("subset_seed", "--limit"))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise ConfigError(f"invalid seed: {self.seed!r} (must be an integer in [0, 2**32 - 1])")
         if self.model_dtype not in DTYPES:
@@ -198,7 +226,7 @@ def evaluate_lm(args: EvalArguments) -> dict:
     start = time.perf_counter()
     tokenizer, model = load_for_evaluation(args.model_name_or_path, args.model_dtype)
     results = evaluate_tasks(model, tokenizer, args.task_list, args.limit, args.batch_size, args.from_hub,
-                             per_document=True)
+                             per_document=True, subset_seed=args.subset_seed)
     documents = {task: r.pop("documents") for task, r in results.items()}
     lora = getattr(model, "peft_config", None)
     report = {
@@ -208,6 +236,7 @@ def evaluate_lm(args: EvalArguments) -> dict:
         if lora else None,
         "tasks": args.task_list,
         "limit": args.limit,
+        "subset_seed": args.subset_seed,
         "task_source": "lm_eval (Hub)" if args.from_hub else f"packaged ({task_dir()})",
         "results": results,
         "documents": documents,  # per document, for paired comparisons between models

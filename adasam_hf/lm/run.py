@@ -138,7 +138,8 @@ def finetune_lm(
         results.update(metrics)
         results["perplexity"] = _perplexity(metrics["eval_loss"])
     if benchmarks:
-        results["benchmarks"] = {"tasks": data_args.eval_task_list, "limit": data_args.eval_tasks_limit, **benchmarks}
+        results["benchmarks"] = {"tasks": data_args.eval_task_list, "limit": data_args.eval_tasks_limit,
+                                 "subset_seed": data_args.eval_tasks_subset_seed, **benchmarks}
     return write_results(trainer, results, model_args, data_args, training_args)
 
 
@@ -149,7 +150,8 @@ def _benchmark(model, tokenizer, data_args: LMDataArguments, training_args: SAMT
     with training_args.main_process_first(desc="benchmarks"):
         if training_args.process_index == 0:
             scores = evaluate_tasks(model, tokenizer, data_args.eval_task_list, data_args.eval_tasks_limit,
-                                    batch_size=training_args.per_device_eval_batch_size, per_document=True)
+                                    batch_size=training_args.per_device_eval_batch_size, per_document=True,
+                                    subset_seed=data_args.eval_tasks_subset_seed)
     return scores
 
 

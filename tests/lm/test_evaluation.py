@@ -146,6 +146,39 @@ def test_offline_tasks_score_as_the_definition(smollm2):
     assert any(got[t]["acc"] != got[t]["acc_norm"] for t in expected)  # the length normalisation is exercised
 
 
+def test_a_seeded_subset_is_fixed_spread_over_the_split_and_scored_as_the_definition(smollm2):
+    """--limit N with a subset seed: N documents from anywhere in the split (not the first N), the same on every
+    call, other ones with another seed; each subject of a group drawn on its own; the scores those documents'."""
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
+    model = LlamaForCausalLM(config).double().eval()
+    limit, tasks = 6, ["boolq", "mmlu_stem"]
+    got = evaluate_tasks(model, tokenizer, tasks, limit=limit, batch_size=4, per_document=True, subset_seed=7)
+    again = evaluate_tasks(model, tokenizer, tasks, limit=limit, batch_size=4, per_document=True, subset_seed=7)
+    other = evaluate_tasks(model, tokenizer, ["boolq"], limit=limit, batch_size=4, per_document=True, subset_seed=8)
+    docs = {"boolq": olmes_docs("boolq", "val"), **{f"mmlu_{s}": mmlu_docs(s) for s in MMLU_STEM}}
+    by_subtask: dict[str, list[int]] = {}
+    for doc_id in got["mmlu_stem"]["documents"]["id"] + got["boolq"]["documents"]["id"]:
+        name, index = doc_id.split("/")
+        by_subtask.setdefault(name, []).append(int(index))
+    assert set(by_subtask) == set(docs)
+    for name, indices in by_subtask.items():
+        assert indices == sorted(set(indices)) and len(indices) == min(limit, len(docs[name])), name
+        assert all(0 <= i < len(docs[name]) for i in indices)
+    assert by_subtask["boolq"] != list(range(limit)) and max(by_subtask["boolq"]) >= limit
+    assert len({tuple(v) for v in by_subtask.values()}) > 1  # each subject draws its own indices
+    assert [again[t]["documents"] for t in tasks] == [got[t]["documents"] for t in tasks]
+    assert other["boolq"]["documents"]["id"] != got["boolq"]["documents"]["id"]
+    for task, names in {"boolq": ["boolq"], "mmlu_stem": [f"mmlu_{s}" for s in MMLU_STEM]}.items():
+        chosen = [docs[n][i] for n in names for i in by_subtask[n]]
+        acc, acc_norm = score(model, tokenizer, chosen)
+        assert got[task]["n"] == len(chosen)
+        assert got[task]["acc"] == pytest.approx(acc, abs=1e-12), task
+        assert got[task]["acc_norm"] == pytest.approx(acc_norm, abs=1e-12), task
+
+
 # ---------------------------------------------------------------------------------------------- the command
 
 
@@ -180,6 +213,8 @@ def test_evaluate_lm_writes_results_for_the_packaged_model(tmp_path, smollm2):
     (["--batch_size", "-1"], ["invalid batch_size: -1"]),
     (["--seed", "-1"], ["invalid seed: -1"]),
     (["--limit", "nan"], ["--limit", "nan"]),
+    (["--subset_seed", "3"], ["subset_seed 3 needs --limit"]),
+    (["--limit", "5", "--subset_seed", "-2"], ["invalid subset_seed: -2"]),
     (["--model_name_or_path", "./no-such-model"], ["model folder not found", "no-such-model"]),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragments):
@@ -241,6 +276,8 @@ def test_finetune_lm_trains_on_packaged_tasks_and_scores_before_and_after(tmp_pa
     (["--train_tasks", "boolq", "--train_file", "x.json"], ["pass one of", "--train_file and --train_tasks"]),
     (["--train_tasks", "boolq", "--eval_tasks", "mmlu"], ["unknown task 'mmlu'", "mmlu_stem"]),
     (["--train_tasks", "boolq", "--eval_tasks", "boolq", "--eval_tasks_limit", "0"], ["invalid eval_tasks_limit: 0"]),
+    (["--train_tasks", "boolq", "--eval_tasks", "boolq", "--eval_tasks_subset_seed", "1"],
+     ["eval_tasks_subset_seed 1 needs --eval_tasks_limit"]),
 ])
 def test_finetune_lm_bad_task_flags_are_one_line_and_exit_2(tmp_path, args, fragments):
     proc = run_finetune_lm(*args, "--output_dir", str(tmp_path / "out"), cwd=tmp_path)

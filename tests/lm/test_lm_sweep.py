@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from benchmarks import lm_sweep
+from benchmarks import lm_report, lm_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ def test_toy_lm_sweep_tunes_on_held_out_loss_scores_the_finals_and_resumes(tmp_p
         "grid": {"adamw": {"learning_rate": [1.0e-3, 1.0e-2]},
                  "adasam": [{"learning_rate": [1.0e-3], "sam_rho": [0.05]}, {"sam_rho": [0.5]}]},
         "variants": {"adasam-interval2": {"base": "adasam", "sam_interval": 2}},
-        "final_eval": {"tasks": "openbookqa", "tasks_limit": 2, "tasks_before": False},
+        "final_eval": {"tasks": "openbookqa,boolq", "tasks_limit": 3, "tasks_subset_seed": 1, "tasks_before": False},
     }
     config = tmp_path / "sweep.yaml"
     config.write_text(yaml.safe_dump(sweep))
@@ -42,7 +42,28 @@ def test_toy_lm_sweep_tunes_on_held_out_loss_scores_the_finals_and_resumes(tmp_p
     assert final_adamw["config"]["learning_rate"] == adamw["config"]["learning_rate"]  # the lowest held-out loss
     for r in finals:
         bench = r["result"]["benchmarks"]
-        assert "before" not in bench and bench["after"]["openbookqa"]["n"] == 2
+        assert "before" not in bench and bench["after"]["openbookqa"]["n"] == 3
     assert {r["config"].get("variant") for r in finals} == {None, "adasam-interval2"}
     assert lm_sweep.main(argv) == 0
     assert "0 run(s) executed, 7 already done" in capsys.readouterr().out
+
+    # The report: each final run's scores from its stored documents, differences paired on the same documents.
+    lines = lm_report.section(sweep, records, tmp_path / "no-zero-shot.json", tmp_path / "no-cost.json", tmp_path)
+    text = "\n".join(lines)
+    for r in finals:
+        name = r["config"].get("variant", r["config"]["optimizer"])
+        after = r["result"]["benchmarks"]["after"]
+        assert after["openbookqa"]["documents"]["id"] == next(iter(finals))["result"]["benchmarks"]["after"][
+            "openbookqa"]["documents"]["id"]  # the seeded subset: the same documents for every run
+        row = next(line for line in lines if line.startswith(f"| {name} ("))
+        cells = [c.strip() for c in row.split("|")[2:5]]
+        expected = [100 * after["openbookqa"]["acc_norm"], 100 * after["boolq"]["acc"]]
+        assert cells == [f"{v:.1f}" for v in expected] + [f"{sum(expected) / 2:.1f}"], row
+    adamw_after = final_adamw["result"]["benchmarks"]["after"]
+    adasam_after = next(r for r in finals if r["config"]["optimizer"] == "adasam" and "variant" not in r["config"])[
+        "result"]["benchmarks"]["after"]
+    row = next(line for line in lines if line.startswith("| adasam − adamw |"))
+    gain = 100 * (adasam_after["boolq"]["acc"] - adamw_after["boolq"]["acc"])
+    assert row.split("|")[3].strip().startswith(f"{gain:+.1f} ["), row
+    assert "| adasam-interval2 − adasam |" in text and "| adasam − sam |" not in text  # no sam in this plan
+    assert (tmp_path / "lm_curves_toy.png").stat().st_size > 10_000

@@ -1,0 +1,42 @@
+"""The statistics of the LLM report (benchmarks.lm_report): the paired bootstrap and its verdicts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks.lm_report import paired_bootstrap, verdict
+
+
+def test_a_constant_difference_has_a_zero_width_interval():
+    assert paired_bootstrap([np.full(50, 2.0)], resamples=200) == (2.0, 2.0, 2.0)
+
+
+def test_the_interval_matches_the_normal_approximation_on_many_documents():
+    """Per-document differences in {-1, 0, 1} (two models right or wrong on the same items): for n = 4000 the
+    percentile interval is the mean ± 1.96 standard errors to within a few percent."""
+    rng = np.random.default_rng(1)
+    d = rng.choice([-1.0, 0.0, 1.0], size=4000, p=[0.15, 0.65, 0.20])
+    mean, low, high = paired_bootstrap([d], resamples=4000, seed=3)
+    half = 1.96 * d.std(ddof=1) / np.sqrt(len(d))
+    assert mean == pytest.approx(d.mean())
+    assert low == pytest.approx(d.mean() - half, abs=0.08 * half)
+    assert high == pytest.approx(d.mean() + half, abs=0.08 * half)
+
+
+def test_strata_are_averaged_as_benchmarks_and_resampled_apart():
+    """The mean of 5 is the mean of the benchmarks' means (not pooled over documents), and a stratum resampled on
+    its own keeps its size: a constant stratum adds no width."""
+    small, large = np.full(10, 3.0), np.zeros(1000)
+    mean, low, high = paired_bootstrap([small, large], resamples=300)
+    assert (mean, low, high) == (1.5, 1.5, 1.5)
+    noisy = np.random.default_rng(0).choice([-1.0, 1.0], size=400)
+    _, low_one, high_one = paired_bootstrap([noisy], resamples=2000, seed=5)
+    _, low_two, high_two = paired_bootstrap([noisy, np.zeros(400)], resamples=2000, seed=5)
+    assert (high_two - low_two) == pytest.approx((high_one - low_one) / 2, rel=0.1)  # half the weight
+
+
+@pytest.mark.parametrize("low,high,word", [(0.1, 2.0, "better"), (-2.0, -0.1, "worse"), (-1.0, 1.0, "not separable"),
+                                           (0.0, 1.0, "not separable")])
+def test_verdicts(low, high, word):
+    assert verdict(low, high) == word
