@@ -10,6 +10,7 @@ import torch
 from torch.optim.adam import adam
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
+from .sharded import local
 from .sharpness import SharpnessAware
 from .validation import check_adam_hparams
 
@@ -110,12 +111,15 @@ class AdaSAM(SharpnessAware):
                 state["max_exp_avg_sq"] = torch.full_like(
                     p, group["eps"] ** 2, memory_format=torch.preserve_format
                 )
+            # The state has p's layout (sharded like p under FSDP2); the update works on local shards.
             params.append(p)
             grads.append(p.grad)
             exp_avgs.append(state["exp_avg"])
             exp_avg_sqs.append(state["exp_avg_sq"])
             max_exp_avg_sqs.append(state["max_exp_avg_sq"])
             steps.append(state["step"])
+        for tensors in (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs):
+            tensors[:] = local(tensors)
 
     @torch.no_grad()
     def _base_step(self) -> None:

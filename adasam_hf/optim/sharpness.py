@@ -27,6 +27,7 @@ from torch.utils._foreach_utils import (
     _group_tensors_by_device_and_dtype,
 )
 
+from .sharded import global_norm, local
 from .validation import check_rho, check_state_dict
 
 
@@ -103,9 +104,10 @@ class SharpnessAware(Optimizer):
             if any(g.is_sparse for g in gs):
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
             groups.append((group, ps, gs))
-        params = [p for _, ps, _ in groups for p in ps]
-        grads = [g for _, _, gs in groups for g in gs]
-        saved = [self._saved_buffer(p) for p in params]
+        # FSDP2's DTensors: every elementwise op below works on this rank's shards (sharded.py).
+        sharded = [(group, local(ps), local(gs)) for group, ps, gs in groups]
+        params = [p for _, ps, _ in sharded for p in ps]
+        saved = [self._saved_buffer(p, shard) for p, shard in zip((p for _, ps, _ in groups for p in ps), params)]
         self._perturbed = (params, saved)
         if not params:
             return torch.zeros(())
@@ -113,15 +115,16 @@ class SharpnessAware(Optimizer):
 
         # ASAM: the norm is taken of |w| * g and the step is along w^2 * g. Both are built in
         # the gradient buffers in place (no temporaries): g <- w g, then g <- w^2 g.
-        for group, ps, gs in groups:
+        for group, ps, gs in sharded:
             if group["adaptive"] and ps:
                 torch._foreach_mul_(gs, ps)
-        norm = torch.nn.utils.get_total_norm(grads)  # one _foreach_norm per device/dtype, one reduction
-        for group, ps, gs in groups:
+        # One _foreach_norm per device/dtype, one reduction; sharded: one all-reduce of the squared norms.
+        norm = global_norm([g for _, _, gs in groups for g in gs], [g for _, _, gs in sharded for g in gs])
+        for group, ps, gs in sharded:
             if group["adaptive"] and ps:
                 torch._foreach_mul_(gs, ps)
         skip = (~torch.isfinite(norm) | (norm == 0)).float()
-        for group, ps, gs in groups:
+        for group, ps, gs in sharded:
             if ps:
                 _ascend(ps, gs, scale=group["rho"] / norm, skip=skip)
         return norm if grad_scale is None else norm / grad_scale.to(norm.device)
@@ -172,10 +175,11 @@ class SharpnessAware(Optimizer):
 
     # --- helpers ----------------------------------------------------------------------
 
-    def _saved_buffer(self, p: torch.Tensor) -> torch.Tensor:
+    def _saved_buffer(self, p: torch.Tensor, shard: torch.Tensor) -> torch.Tensor:
+        """The reused copy of parameter `p`'s `shard` (p itself when p is not sharded): 1/N of p per rank."""
         buf = self._saved.get(p)
-        if buf is None or buf.shape != p.shape or buf.dtype != p.dtype or buf.device != p.device:
-            buf = self._saved[p] = torch.empty_like(p, memory_format=torch.preserve_format)
+        if buf is None or buf.shape != shard.shape or buf.dtype != shard.dtype or buf.device != shard.device:
+            buf = self._saved[p] = torch.empty_like(shard, memory_format=torch.preserve_format)
         return buf
 
 
