@@ -15,6 +15,7 @@ from transformers.utils import logging
 from ..optim.factory import get_optimizer_spec, is_sharpness_aware, list_optimizers, validate_hparams
 from ..optim.layer_sampler import check_layer_fraction
 from ..optim.schedule import SAM_MODES, SAMSchedule, check_schedule
+from .sharding import SUPPORTED_PARALLELISM
 
 logger = logging.get_logger(__name__)
 
@@ -129,8 +130,8 @@ class SAMTrainingArguments(TrainingArguments):
             )
         if (self.fsdp or self.deepspeed) and self.is_sharpness_aware:
             raise ValueError(
-                f"SAMTrainer does not support {'FSDP' if self.fsdp else 'DeepSpeed'} with optimizer "
-                f"{self.optimizer!r}; supported: one device, or DDP (torchrun / accelerate launch)"
+                f"SAMTrainer does not run {'--fsdp (FSDP through accelerate)' if self.fsdp else 'DeepSpeed'} with "
+                f"optimizer {self.optimizer!r}; supported: {SUPPORTED_PARALLELISM}"
             )
         if self.deepspeed and importlib.util.find_spec("deepspeed") is None:
             raise ValueError(f"Invalid deepspeed: {self.deepspeed!r}: the deepspeed package is not installed")

@@ -37,6 +37,7 @@ from ..optim import SAMSchedule, SharpnessAware, create_optimizer
 from .arguments import SAMTrainingArguments
 from .layer_sparse import LayerSparseStep
 from .loss_scaling import NumItemsLossScalingFix
+from .sharding import SUPPORTED_PARALLELISM, check_sharded_step, gradient_sync_off, sharded_at_load
 
 __all__ = ["SAMStepMixin", "SAMStepOptions", "SAMTrainer"]
 
@@ -73,10 +74,13 @@ class SAMStepMixin(Trainer):
         )
         if wants_sam and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
             raise ValueError(
-                "SAMTrainer supports one device or DDP (torchrun / accelerate launch); "
-                f"{'FSDP' if self.is_fsdp_enabled else 'DeepSpeed'} is not supported"
+                f"SAMTrainer does not run {'FSDP through accelerate' if self.is_fsdp_enabled else 'DeepSpeed'}; "
+                f"supported: {SUPPORTED_PARALLELISM}"
             )
         self.sam_options = SAMStepOptions.from_args(self.args)
+        self.sharded = sharded_at_load(self.model)
+        if wants_sam and self.sharded:
+            check_sharded_step(self.model, self.sam_options)
         self.layer_sparse = (
             LayerSparseStep(self.sam_options.layer_fraction, self.args.seed)
             if self.sam_options.mode == "layer-sparse" else None
@@ -181,7 +185,7 @@ class SAMStepMixin(Trainer):
         total = torch.zeros((), device=self.args.device)
         for i, micro_batch in enumerate(window):
             last = sync and i == len(window) - 1
-            with contextlib.nullcontext() if last else self.accelerator.no_sync(model), \
+            with contextlib.nullcontext() if last else self._no_sync(model), \
                     replay(i) if replay is not None else contextlib.nullcontext():
                 total += super().training_step(model, micro_batch, num_items_in_batch)
         return total
@@ -189,8 +193,15 @@ class SAMStepMixin(Trainer):
     def _ascent_sync_context(self, model):
         # "local" ascent: keep the first pass's gradient on each rank (no all-reduce).
         if self.sam_options.ascent == "local":
-            return self.accelerator.no_sync(model)
+            return self._no_sync(model)
         return contextlib.nullcontext()
+
+    def _no_sync(self, model):
+        """Hold back the gradient reduction of a backward: DDP's `no_sync` through accelerate, or, for a model
+        FSDP2 sharded at load time (which accelerate leaves unwrapped), FSDP's own switch."""
+        if self.sharded:
+            return gradient_sync_off(self.model)
+        return self.accelerator.no_sync(model)
 
     def _loss_scale(self) -> torch.Tensor | None:
         """The GradScaler's current scale as a tensor (no host sync), or None without one."""

@@ -1,0 +1,63 @@
+"""SAMTrainer on a model FSDP2 sharded at load time: ``from_pretrained(..., distributed_config=DistributedConfig(
+fsdp_size=N))``.
+
+transformers shards such a model with `fully_shard` as it loads (each rank reads its shard), and the Trainer then
+leaves it unwrapped: no DDP, no accelerate FSDP plugin, and FSDP's own switch instead of `no_sync`. The optimizers
+work on the DTensor shards (`adasam_hf.optim.sharded`); the two-pass step only needs that switch for the micro-batches
+whose gradients must wait. What has no test yet is refused with one line: the local ascent (each rank would need its
+own unreduced gradient), layer-sparse steps, and meshes other than plain FSDP (tensor, pipeline, expert parallelism
+and HSDP replicas); so is FSDP through accelerate (``--fsdp``, which on the CPU accelerate ignores) until a GPU run
+has tested it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from ..optim.schedule import SAM_MODES
+
+__all__ = ["SUPPORTED_PARALLELISM", "check_sharded_step", "gradient_sync_off", "sharded_at_load"]
+
+SUPPORTED_PARALLELISM = (
+    "one device, DDP (torchrun / accelerate launch), or FSDP2 on a model sharded at load time "
+    "(from_pretrained(..., distributed_config=DistributedConfig(fsdp_size=N)))"
+)
+
+
+def sharded_at_load(model: torch.nn.Module | None) -> bool:
+    """Whether transformers sharded `model` at load time (FSDP2 or another parallelism of `distributed_config`)."""
+    return bool(getattr(model, "is_distributed_loading_by_transformers", False))
+
+
+def check_sharded_step(model: torch.nn.Module, options) -> None:
+    """Refuse, with one line, what the sharded SAM step has no test for (`options`: the trainer's SAMStepOptions).
+
+    Raises:
+        ValueError: a mesh other than plain FSDP, the local ascent, or layer-sparse steps.
+    """
+    config = model.config.distributed_config
+    others = {name: getattr(config, name, None) or 1 for name in ("tp_size", "pp_size", "ep_size", "dp_replicate_size")}
+    used = [f"{name}={size}" for name, size in others.items() if size != 1]
+    if used:
+        raise ValueError(f"SAM on a model sharded with {', '.join(used)} is not supported (untested); shard with "
+                         "fsdp_size alone (plain FSDP2)")
+    if options.ascent == "local":
+        raise ValueError("Invalid sam_ascent: 'local' with FSDP2: each rank holds only its shard of the reduced "
+                         "gradient, not its own full one; use 'global'")
+    if options.mode == "layer-sparse":
+        others = ", ".join(mode for mode in SAM_MODES if mode != "layer-sparse")
+        raise ValueError(f"Invalid sam_mode: 'layer-sparse' is not supported on FSDP2-sharded models (untested); "
+                         f"choose from: {others}")
+
+
+@contextlib.contextmanager
+def gradient_sync_off(model: torch.nn.Module):
+    """FSDP2's switch (`FSDPModule.set_requires_gradient_sync`, recursive): the backwards inside keep their
+    gradients unreduced until a backward outside it."""
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)

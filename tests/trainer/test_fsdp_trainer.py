@@ -1,0 +1,58 @@
+"""SAMTrainer on a model FSDP2 sharded at load time (transformers' `distributed_config`), 2 CPU processes under
+torchrun (gloo): the step of the float64 whole-window token mean, FSDP's own switch deferring the reductions, and
+one-line refusals of what the sharded step does not support."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.helpers.distributed import torchrun
+from tests.helpers.tiny_lm import UnevenLMDataset, causal_lm_reference, tiny_llama
+
+pytestmark = pytest.mark.slow
+STEPS = 3  # tests/helpers/training.py's make_args
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fsdp_trainer")
+    proc = torchrun("fsdp_trainer_worker", out, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+
+
+def test_sharded_training_equals_the_global_token_mean(ranks):
+    """Rank 0 sees 5 label tokens a step, rank 1 sees 23: the weights are those of the 4-example token mean (float64
+    reference), with GA 1 x batch 2 and GA 2 x batch 1, AdaSAM and SAM over plain SGD (scale-sensitive: a loss
+    scaled by the process count or the accumulation steps lands far off)."""
+    data = UnevenLMDataset()
+    adasam = causal_lm_reference(tiny_llama(), data, optimizer="adasam", steps=STEPS, batch=4, lr=0.01, rho=0.05,
+                                 eps=1e-4)
+    sgd = causal_lm_reference(tiny_llama(), data, optimizer="sam-sgd", steps=STEPS, batch=4, lr=0.5, rho=0.05)
+    for case, expected, tol in (("adasam", adasam, 5e-6), ("adasam-ga", adasam, 5e-6), ("sam-sgd", sgd, 1e-7)):
+        assert ranks[0]["world_size"] == 2 and ranks[0][case]["sharded"]
+        got = ranks[0][case]["weights"]
+        assert set(got) == set(expected)
+        for name, w in expected.items():
+            assert torch.equal(got[name], ranks[1][case]["weights"][name]), (case, name)
+            assert (got[name] - w).abs().max().item() < tol, (case, name)
+
+
+def test_reductions_wait_for_the_last_micro_batch_of_each_pass(ranks):
+    """FSDP2 reduce-scatters each sharded group once per pass: GA 2 runs as many reductions as GA 1 (the first
+    micro-batch of each pass, the replay included, is held back by FSDP's switch)."""
+    counts = {case: ranks[0][case]["reduce_scatters"] for case in ("adasam", "adasam-ga", "sam-sgd")}
+    assert counts["adasam"] > 0 and counts["adasam"] % (2 * STEPS) == 0
+    assert counts["adasam-ga"] == counts["adasam"] == counts["sam-sgd"], counts
+
+
+def test_the_sam_figures_are_logged(ranks):
+    for log in ranks[0]["adasam"]["logs"]:
+        assert log["sam_ascent_grad_norm"] > 0 and log["sam_perturbed_loss"] > 0
+
+
+def test_what_the_sharded_step_does_not_support_is_refused_in_one_line(ranks):
+    assert ranks[0]["local"].startswith("Invalid sam_ascent: 'local' with FSDP2")
+    assert ranks[0]["layer-sparse"].startswith("Invalid sam_mode: 'layer-sparse' is not supported on FSDP2")
+    assert "\n" not in ranks[0]["local"] + ranks[0]["layer-sparse"]
