@@ -125,16 +125,16 @@ def add_workload_flags(parser, batch: int = 16) -> None:
     parser.add_argument("--_child", dest="child", nargs="+", metavar="WHAT", help=argparse.SUPPRESS)
 
 
-def run_child(module: str, what: list, args, more=(), env: dict | None = None) -> dict:
-    """Run ``python -m <module> --_child <what> <args' workload flags> <more>`` from the repository root and return the
-    JSON object on the last line of its stdout (see `print_result`). A failed child stops the benchmark with its
-    command, exit code and stderr's tail."""
+def run_child(module: str, what: list, args, more=(), env: dict | None = None, launcher=()) -> dict:
+    """Run ``python -m <module> --_child <what> <args' workload flags> <more>`` from the repository root (or
+    ``<launcher> -m <module> ...``, e.g. torchrun's command) and return the JSON object on the last line of its stdout
+    (see `print_result`). A failed child stops the benchmark with its command, exit code and stderr's tail."""
     argv = ["--_child", *what, "--threads", args.threads, "--batch", args.batch, "--seq", args.seq, *more]
-    cmd = [sys.executable, "-m", module, *map(str, argv)]
+    cmd = [*(launcher or [sys.executable]), "-m", module, *map(str, argv)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, **(env or {})})
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
-        raise SystemExit(f"{proc.stderr[-3000:]}\nthe child `python {shlex.join(cmd[1:])}` failed "
+        raise SystemExit(f"{proc.stderr[-3000:]}\nthe child `{shlex.join([Path(cmd[0]).name, *cmd[1:]])}` failed "
                          f"(exit code {proc.returncode}{'' if lines else ', no output'})")
     return json.loads(lines[-1])
 
@@ -156,7 +156,7 @@ def _tensors_in(obj):
     import torch
 
     if isinstance(obj, torch.Tensor):
-        yield obj
+        yield obj.to_local() if hasattr(obj, "to_local") else obj  # a DTensor (FSDP2): this rank's shard
     elif isinstance(obj, dict):
         for value in obj.values():
             yield from _tensors_in(value)

@@ -284,6 +284,34 @@ def zero_shot_section(path: Path) -> list[str]:
     return lines + [""]
 
 
+def fsdp_cost_section(path: Path) -> list[str]:
+    from benchmarks.fsdp_cost import format_table as fsdp_table
+
+    command = "python -m benchmarks.fsdp_cost --json docs/results/fsdp_cost.json"
+    lines, cost = measured("Sharded with FSDP2: what AdaSAM and AdamW hold per rank, on 1 and 2 ranks", path, command)
+    if cost is None:
+        return lines
+    lines += [f"`{command}`: each (ranks, optimizer) its own torchrun (gloo); the model loaded sharded by transformers "
+              "(`distributed_config=DistributedConfig(fsdp_size=N)`; 1 rank: unsharded), SAMTrainer steps, median "
+              f"of {cost['steps']} steps after a warm-up; per rank, the largest over the ranks.", ""]
+    lines += fsdp_table(cost).splitlines()
+    runs = {run["ranks"]: run["optimizers"] for run in cost["runs"]}
+    if {1, 2} <= set(runs) and all({"adamw", "adasam"} <= set(r) for r in runs.values()):
+        def most(ranks, name, key):
+            return max(r[key] for r in runs[ranks][name]["ranks"])
+
+        extra = {n: most(n, "adasam", "held_gb") - most(n, "adamw", "held_gb") for n in (1, 2)}
+        peak = {n: most(n, "adasam", "peak_rss_gb") - most(n, "adamw", "peak_rss_gb") for n in (1, 2)}
+        lines += ["", f"AdaSAM − AdamW held per rank: {extra[1]:.3f} GB on 1 rank, {extra[2]:.3f} GB on 2 (v̂ and the "
+                  f"saved copy of this rank's shard: x{extra[2] / extra[1]:.2f}); AdaSAM on 2 ranks holds "
+                  f"{most(2, 'adasam', 'held_gb'):.3f} GB per rank, what AdamW holds on 1 "
+                  f"({most(1, 'adamw', 'held_gb'):.3f} GB). Peak RSS per rank, AdaSAM − AdamW: {peak[1]:+.2f} GB on "
+                  f"1 rank, {peak[2]:+.2f} GB on 2. Step time AdaSAM / AdamW under FSDP2 on 2 ranks: "
+                  f"x{most(2, 'adasam', 'step_s') / most(2, 'adamw', 'step_s'):.2f} (two forward/backward passes, "
+                  "each with its all-gathers and reduce-scatter, against one)."]
+    return lines + [""]
+
+
 def runs_section(records, sweep, tasks) -> list[str]:
     """Every stored run, so partial sweeps and the tuning behind each choice are visible."""
     from adasam_hf.glue import get_task
@@ -354,6 +382,7 @@ def main(argv=None) -> int:
     lines += modes_cost_section(Path(args.cost).parent / "sam_modes_cost.json")
     lines += lm_cost_section(Path(args.cost).parent / "lm_cost.json")
     lines += smollm2_cost_section(Path(args.cost).parent / "lm_cost_smollm2.json")
+    lines += fsdp_cost_section(Path(args.cost).parent / "fsdp_cost.json")
     zero_shot = Path(args.cost).parent / "lm_zero_shot_smollm2" / "results.json"
     lines += zero_shot_section(zero_shot)
     lines += statistics_section(summary, tasks)
@@ -371,6 +400,7 @@ def main(argv=None) -> int:
               "--json docs/results/lm_cost_smollm2.json",
               ZERO_SHOT_COMMAND,
               "python -m benchmarks.lm_sweep --config benchmarks/lm_sweep.yaml",
+              "python -m benchmarks.fsdp_cost --json docs/results/fsdp_cost.json",
               "python -m benchmarks.make_report", "```", ""]
     lines += runs_section(records, sweep, tasks)
     out.write_text("\n".join(lines))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 from transformers.distributed import DistributedConfig
 
@@ -26,9 +27,21 @@ def load(folder: Path):
                                                 dtype=torch.float64)
 
 
-def train(out: Path, folder: Path, sgd: bool = False, **kw) -> dict:
+def lora(model):
+    """LoRA adapters (plain, replicated tensors beside the DTensor base; the Trainer broadcasts them from rank 0 and
+    averages their gradients), drawn from a fixed seed so that the reference draws the same."""
+    torch.manual_seed(123)
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def full(p: torch.Tensor) -> torch.Tensor:
+    return (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+
+
+def train(out: Path, folder: Path, sgd: bool = False, adapters: bool = False, **kw) -> dict:
     args = make_args(out, **{"micro": 2, "adam_epsilon": 1e-4, **kw})
-    model = load(folder)
+    model = lora(load(folder)) if adapters else load(folder)
     optimizers = (SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.5), None) if sgd else (None, None)
     trainer = SAMTrainer(model=model, args=args, train_dataset=UnevenLMDataset(), data_collator=pad_collate,
                          optimizers=optimizers)
@@ -44,8 +57,10 @@ def train(out: Path, folder: Path, sgd: bool = False, **kw) -> dict:
     finally:
         dist.reduce_scatter_single = original
     assert not trainer.sam_optimizer.is_perturbed
-    return {"weights": {n: p.full_tensor().detach().clone() for n, p in model.named_parameters()},
-            "sharded": all(type(p).__name__ == "DTensor" for p in model.parameters()),
+    return {"weights": {n: full(p) for n, p in model.named_parameters()},
+            "trainable": [n for n, p in model.named_parameters() if p.requires_grad],
+            "sharded": all(type(p).__name__ == "DTensor" for p in model.parameters() if not p.requires_grad or
+                           not adapters),
             "logs": [h for h in trainer.state.log_history if "loss" in h], "reduce_scatters": len(calls)}
 
 
@@ -69,6 +84,7 @@ def main():
         "adasam": train(out, folder),
         "adasam-ga": train(out, folder, micro=1, ga=2),
         "sam-sgd": train(out, folder, sgd=True),
+        "lora": train(out, folder, adapters=True, learning_rate=0.05, max_steps=4),
         "local": refusal(out, folder, sam_ascent="local"),
         "layer-sparse": refusal(out, folder, sam_mode="layer-sparse"),
     }

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.helpers.distributed import torchrun
+from tests.helpers.fsdp_trainer_worker import lora
 from tests.helpers.tiny_lm import UnevenLMDataset, causal_lm_reference, tiny_llama
 
 pytestmark = pytest.mark.slow
@@ -37,6 +38,24 @@ def test_sharded_training_equals_the_global_token_mean(ranks):
         for name, w in expected.items():
             assert torch.equal(got[name], ranks[1][case]["weights"][name]), (case, name)
             assert (got[name] - w).abs().max().item() < tol, (case, name)
+
+
+def test_lora_adapters_over_a_sharded_base_equal_the_reference(ranks):
+    """LoRA after sharding: the adapters are plain tensors the Trainer keeps replicated (broadcast, averaged
+    gradients) beside the DTensor base. AdaSAM's norm counts them once; they train as on one process with the whole
+    batch, and the sharded base does not move."""
+    run = ranks[0]["lora"]
+    expected = causal_lm_reference(lora(tiny_llama()), UnevenLMDataset(), optimizer="adasam", steps=4, batch=4,
+                                   lr=0.05, rho=0.05, eps=1e-4)
+    assert sorted(run["trainable"]) == sorted(expected) and all("lora_" in n for n in expected)
+    assert run["sharded"]  # every frozen base weight is a DTensor
+    for name, w in expected.items():
+        assert torch.equal(run["weights"][name], ranks[1]["lora"]["weights"][name]), name
+        assert (run["weights"][name] - w).abs().max().item() < 5e-6, name
+    base = {n: p.detach() for n, p in lora(tiny_llama()).named_parameters() if not p.requires_grad}
+    assert set(base) == set(run["weights"]) - set(expected)
+    for name, w in base.items():
+        assert torch.equal(run["weights"][name], w), name
 
 
 def test_reductions_wait_for_the_last_micro_batch_of_each_pass(ranks):
