@@ -3,11 +3,11 @@ fsdp_size=N))``.
 
 transformers shards such a model with `fully_shard` as it loads (each rank reads its shard), and the Trainer then
 leaves it unwrapped: no DDP, no accelerate FSDP plugin, and FSDP's own switch instead of `no_sync`. The optimizers
-work on the DTensor shards (`adasam_hf.optim.sharded`); the two-pass step only needs that switch for the micro-batches
-whose gradients must wait. What has no test yet is refused with one line: the local ascent (each rank would need its
-own unreduced gradient), layer-sparse steps, and meshes other than plain FSDP (tensor, pipeline, expert parallelism
-and HSDP replicas); so is FSDP through accelerate (``--fsdp``, which on the CPU accelerate ignores) until a GPU run
-has tested it.
+work on the DTensor shards (`adasam_hf.optim.sharded`); the two-pass step only needs that switch for the
+micro-batches whose gradients must wait. What has no test yet is refused with one line: the local ascent (each rank
+would need its own unreduced gradient), layer-sparse steps, meshes other than plain FSDP (tensor, pipeline, expert
+parallelism, HSDP replicas), FSDP's mixed precision and CPU offload; and FSDP through accelerate (``--fsdp``, which
+accelerate ignores on the CPU) until a GPU run has tested it.
 """
 
 from __future__ import annotations
@@ -40,9 +40,10 @@ def check_sharded_step(model: torch.nn.Module, options) -> None:
     config = model.config.distributed_config
     others = {name: getattr(config, name, None) or 1 for name in ("tp_size", "pp_size", "ep_size", "dp_replicate_size")}
     used = [f"{name}={size}" for name, size in others.items() if size != 1]
+    used += [f"{name}=True" for name in ("fsdp_mixed_precision", "fsdp_cpu_offload") if getattr(config, name, False)]
     if used:
         raise ValueError(f"SAM on a model sharded with {', '.join(used)} is not supported (untested); shard with "
-                         "fsdp_size alone (plain FSDP2)")
+                         "fsdp_size alone (plain FSDP2, weights in their own dtype)")
     if options.ascent == "local":
         raise ValueError("Invalid sam_ascent: 'local' with FSDP2: each rank holds only its shard of the reduced "
                          "gradient, not its own full one; use 'global'")

@@ -14,13 +14,16 @@ import torch.distributed as dist
 REPO = Path(__file__).resolve().parents[2]
 
 
-def torchrun(worker: str, *args, timeout: int = 300) -> subprocess.CompletedProcess:
+def torchrun(worker: str, *args, timeout: int = 300, accelerate: bool = False) -> subprocess.CompletedProcess:
     """``torchrun --nproc_per_node 2 -m tests.helpers.<worker> ARGS`` from the repository root (gloo, 2 CPU
-    processes); skips the test where torchrun is not on PATH."""
-    launcher = shutil.which("torchrun") or pytest.skip("torchrun not on PATH")
+    processes), or with `accelerate`, ``accelerate launch --multi_gpu --num_processes 2 -m ...`` (the README's
+    command; on CPU it starts the same 2 processes); skips the test where the launcher is not on PATH."""
+    name = "accelerate" if accelerate else "torchrun"
+    launcher = shutil.which(name) or pytest.skip(f"{name} not on PATH")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
-    cmd = [launcher, "--standalone", "--nproc_per_node", "2", "-m", f"tests.helpers.{worker}", *map(str, args)]
+    how = ["launch", "--multi_gpu", "--num_processes", "2"] if accelerate else ["--standalone", "--nproc_per_node", "2"]
+    cmd = [launcher, *how, "-m", f"tests.helpers.{worker}", *map(str, args)]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -22,8 +22,8 @@ from tests.helpers.tiny_lm import UnevenLMDataset, pad_collate, tiny_llama
 from tests.helpers.training import make_args
 
 
-def load(folder: Path):
-    return AutoModelForCausalLM.from_pretrained(folder, distributed_config=DistributedConfig(fsdp_size=2),
+def load(folder: Path, **sharding):
+    return AutoModelForCausalLM.from_pretrained(folder, distributed_config=DistributedConfig(fsdp_size=2, **sharding),
                                                 dtype=torch.float64)
 
 
@@ -64,10 +64,10 @@ def train(out: Path, folder: Path, sgd: bool = False, adapters: bool = False, **
             "logs": [h for h in trainer.state.log_history if "loss" in h], "reduce_scatters": len(calls)}
 
 
-def refusal(out: Path, folder: Path, **kw) -> str:
+def refusal(out: Path, folder: Path, sharding: dict | None = None, **kw) -> str:
     try:
-        SAMTrainer(model=load(folder), args=make_args(out, micro=2, **kw), train_dataset=UnevenLMDataset(),
-                   data_collator=pad_collate)
+        SAMTrainer(model=load(folder, **sharding or {}), args=make_args(out, micro=2, **kw),
+                   train_dataset=UnevenLMDataset(), data_collator=pad_collate)
     except ValueError as exc:
         return str(exc)
     return "accepted"
@@ -87,6 +87,7 @@ def main():
         "lora": train(out, folder, adapters=True, learning_rate=0.05, max_steps=4),
         "local": refusal(out, folder, sam_ascent="local"),
         "layer-sparse": refusal(out, folder, sam_mode="layer-sparse"),
+        "mixed-precision": refusal(out, folder, {"fsdp_mixed_precision": True}),
     }
     save_rank_result(out, result)
 

@@ -74,4 +74,18 @@ def test_the_sam_figures_are_logged(ranks):
 def test_what_the_sharded_step_does_not_support_is_refused_in_one_line(ranks):
     assert ranks[0]["local"].startswith("Invalid sam_ascent: 'local' with FSDP2")
     assert ranks[0]["layer-sparse"].startswith("Invalid sam_mode: 'layer-sparse' is not supported on FSDP2")
-    assert "\n" not in ranks[0]["local"] + ranks[0]["layer-sparse"]
+    assert ranks[0]["mixed-precision"].startswith("SAM on a model sharded with fsdp_mixed_precision=True is not "
+                                                  "supported (untested)")
+    assert "\n" not in ranks[0]["local"] + ranks[0]["layer-sparse"] + ranks[0]["mixed-precision"]
+
+
+def test_accelerate_launch_trains_the_same(ranks, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` (no FSDP plugin: the model is sharded at load) starts the
+    same two processes: the same weights, bit for bit."""
+    proc = torchrun("fsdp_trainer_worker", tmp_path, timeout=600, accelerate=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    launched = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    assert launched["world_size"] == 2
+    for case in ("adasam", "adasam-ga", "sam-sgd", "lora"):
+        for name, w in ranks[0][case]["weights"].items():
+            assert torch.equal(launched[case]["weights"][name], w), (case, name)
