@@ -212,10 +212,14 @@ def tuning_lines(exp: Experiment) -> list[str]:
     lines = ["| optimizer | setting | held-out eval_loss | train loss | wall (min) |",
              "| --- | --- | ---: | ---: | ---: |"]
     for optimizer in exp.sweep["optimizers"]:
+        chosen = exp.settings.get(optimizer)
         for stage in grid_stages(exp.sweep, optimizer):
             for point in expand(stage):
                 record = by_key.get(run_key(run_config(exp.sweep, exp.name, optimizer, exp.sweep["tune_seed"], point)))
                 setting = ", ".join(f"{k} {v:g}" for k, v in point.items())
+                if chosen is not None and all(chosen.get(k) == v for k, v in point.items()):
+                    edges = [k for k, v in point.items() if len(stage[k]) > 1 and v in (min(stage[k]), max(stage[k]))]
+                    setting = f"**{setting}** (chosen" + (f"; {', '.join(edges)} at the grid's edge)" if edges else ")")
                 if record is None:
                     lines.append(f"| {optimizer} | {setting} | not run | - | - |")
                     continue
@@ -263,6 +267,8 @@ def section(sweep: dict, records: list[dict], zero_shot_path: Path, cost_path: P
                   "every optimizer sees the same blocks in the same order, so the curves compare point by point."]
     lines += ["", "Tuning runs (seed {}):".format(sweep["tune_seed"]), ""]
     lines += tuning_lines(exp)
+    lines += ["", "Wall: each run's elapsed time, with whatever else ran on the machine then; the cost per step is "
+              "the table above's (measured side by side)."]
     return lines + [""]
 
 

@@ -67,3 +67,5 @@ def test_toy_lm_sweep_tunes_on_held_out_loss_scores_the_finals_and_resumes(tmp_p
     assert row.split("|")[3].strip().startswith(f"{gain:+.1f} ["), row
     assert "| adasam-interval2 − adasam |" in text and "| adasam − sam |" not in text  # no sam in this plan
     assert (tmp_path / "lm_curves_toy.png").stat().st_size > 10_000
+    chosen = f"**learning_rate {final_adamw['config']['learning_rate']:g}** (chosen; learning_rate at the grid's edge)"
+    assert chosen in text  # a grid of two: the choice is an edge, and the table says so
