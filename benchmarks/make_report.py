@@ -306,7 +306,10 @@ def fsdp_cost_section(path: Path) -> list[str]:
                   f"saved copy of this rank's shard: x{extra[2] / extra[1]:.2f}); AdaSAM on 2 ranks holds "
                   f"{most(2, 'adasam', 'held_gb'):.3f} GB per rank, what AdamW holds on 1 "
                   f"({most(1, 'adamw', 'held_gb'):.3f} GB). Peak RSS per rank, AdaSAM − AdamW: {peak[1]:+.2f} GB on "
-                  f"1 rank, {peak[2]:+.2f} GB on 2. Step time AdaSAM / AdamW under FSDP2 on 2 ranks: "
+                  f"1 rank, {peak[2]:+.2f} GB on 2, of which the optimizer's tensors are {extra[1]:.2f} and "
+                  f"{extra[2]:.2f} GB; the other {peak[2] - extra[2]:.2f} GB on 2 ranks is not attributed yet (the "
+                  "tensors the optimizer holds are counted exactly; the second pass's transient all-gather and "
+                  "reduce-scatter buffers are the candidates). Step time AdaSAM / AdamW under FSDP2 on 2 ranks: "
                   f"x{most(2, 'adasam', 'step_s') / most(2, 'adamw', 'step_s'):.2f} (two forward/backward passes, "
                   "each with its all-gathers and reduce-scatter, against one)."]
     return lines + [""]
