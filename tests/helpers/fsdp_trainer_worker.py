@@ -85,6 +85,7 @@ def main():
         "adasam-ga": train(out, folder, micro=1, ga=2),
         "sam-sgd": train(out, folder, sgd=True),
         "lora": train(out, folder, adapters=True, learning_rate=0.05, max_steps=4),
+        "interval": train(out, folder, sam_interval=2),
         "local": refusal(out, folder, sam_ascent="local"),
         "layer-sparse": refusal(out, folder, sam_mode="layer-sparse"),
         "mixed-precision": refusal(out, folder, {"fsdp_mixed_precision": True}),

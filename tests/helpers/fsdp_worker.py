@@ -35,7 +35,9 @@ CASES = {
     "adasam-adaptive": (AdaSAM, dict(lr=0.01, rho=0.5, adaptive=True)),
     "sam-sgd": (SAM, dict(base_optimizer=torch.optim.SGD, lr=0.3, momentum=0.9, rho=0.05)),
     "adasam-foreach": (AdaSAM, dict(lr=0.01, rho=0.05, fused=False)),
+    "adasam-group-rho": (AdaSAM, dict(lr=0.01, rho=0.05)),  # the first Linear's group: rho GROUP_RHO
 }
+GROUP_RHO = 0.2
 SPARSE = [False, False, True, True, False, False]  # layer-sparse: only the middle Linear is perturbed
 
 
@@ -127,7 +129,9 @@ def held_bytes(opt) -> int:
 def run(case: str, sparse: bool = False) -> dict:
     cls, kw = CASES[case]
     model = sharded_mlp()
-    opt = cls(model.parameters(), **kw)
+    params = list(model.parameters())
+    per_group = [{"params": params[:2], "rho": GROUP_RHO}, {"params": params[2:]}]
+    opt = cls(per_group if case.endswith("group-rho") else params, **kw)
     weights, norms, collectives = [], [], {}
     for _ in range(STEPS):
         norms.append(sam_step(model, opt, sparse, collectives).item())

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.helpers.distributed import torchrun
-from tests.helpers.fsdp_worker import CASES, SPARSE, STEPS, batch, mlp
+from tests.helpers.fsdp_worker import CASES, GROUP_RHO, SPARSE, STEPS, batch, mlp
 from tests.helpers.reference import AdaSAMReference, SAMSGDReference
 
 pytestmark = pytest.mark.slow
@@ -32,7 +32,8 @@ def reference(case: str, sparse: bool = False) -> list[list[torch.Tensor]]:
     if kw.get("base_optimizer") is torch.optim.SGD:
         ref = SAMSGDReference(ws, lr=kw["lr"], momentum=kw["momentum"], rho=kw["rho"])
     else:
-        ref = AdaSAMReference(ws, lr=kw["lr"], rho=kw["rho"], adaptive=kw.get("adaptive", False),
+        rho = [GROUP_RHO] * 2 + [kw["rho"]] * (len(ws) - 2) if case.endswith("group-rho") else kw["rho"]
+        ref = AdaSAMReference(ws, lr=kw["lr"], rho=rho, adaptive=kw.get("adaptive", False),
                               weight_decay=kw.get("weight_decay", 0.0))
     out = []
     for _ in range(STEPS):

@@ -66,6 +66,15 @@ def test_reductions_wait_for_the_last_micro_batch_of_each_pass(ranks):
     assert counts["adasam-ga"] == counts["adasam"] == counts["sam-sgd"], counts
 
 
+def test_a_cheaper_schedule_runs_its_base_steps_sharded(ranks):
+    """sam_interval 2 over 3 steps: SAM steps at 0 and 2, the base step at 1, so 5 passes against full AdaSAM's 6;
+    the ranks stay identical and the weights differ from full AdaSAM's."""
+    interval, full = ranks[0]["interval"], ranks[0]["adasam"]
+    assert interval["reduce_scatters"] * 6 == full["reduce_scatters"] * 5
+    assert all(torch.equal(w, ranks[1]["interval"]["weights"][n]) for n, w in interval["weights"].items())
+    assert any(not torch.equal(w, full["weights"][n]) for n, w in interval["weights"].items())
+
+
 def test_the_sam_figures_are_logged(ranks):
     for log in ranks[0]["adasam"]["logs"]:
         assert log["sam_ascent_grad_norm"] > 0 and log["sam_perturbed_loss"] > 0
