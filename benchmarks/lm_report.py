@@ -253,6 +253,9 @@ def section(sweep: dict, records: list[dict], zero_shot_path: Path, cost_path: P
              + "); cost: `benchmarks.lm_cost --preset smollm2` (LoRA, batch 4 x 256, side by side in one run; "
              "section 3).", ""]
     lines += accuracy_lines(exp, cost)
+    if exp.sweep.get("variants"):
+        lines += ["", "The variants' cost per step (" + ", ".join(exp.sweep["variants"]) + ") is measured on MiniLM-L6 "
+                  "in section 3's table of cheaper SAM steps, not on SmolLM2."]
     lines += ["", "Differences on the same documents, in accuracy points, with a paired bootstrap 95% interval "
               f"({RESAMPLES:,} resamples of the documents; for the mean over the benchmarks, within each). The verdict "
               "is \"better\" or \"worse\" when the interval excludes 0, else \"not separable\". The interval covers "
