@@ -47,9 +47,8 @@ def verdict(low: float, high: float) -> str:
     return "better" if low > 0 else "worse" if high < 0 else "not separable"
 
 
-def _documents(scores: dict, task: str) -> tuple[list[str], np.ndarray]:
-    """(ids, per-document scores in {0, 1}) of `task` from a benchmark result ({"documents": ...} per task)."""
-    documents = scores[task]["documents"]
+def _documents(documents: dict, task: str) -> tuple[list[str], np.ndarray]:
+    """(ids, per-document scores in {0, 1}) of `task` from its {"id", "acc", "acc_norm"} lists."""
     return documents["id"], np.asarray(documents[METRIC.get(task, OTHER_METRIC)], dtype=float)
 
 
@@ -80,11 +79,11 @@ class Experiment:
         if name == "zero-shot":
             if self.zero_shot is None or task not in self.zero_shot.get("documents", {}):
                 return None
-            return _documents(self.zero_shot["documents"], task)
+            return _documents(self.zero_shot["documents"][task], task)  # evaluate_lm.py's layout
         runs = self.finals.get(name)
         if not runs:
             return None
-        per_seed = [_documents(r["result"]["benchmarks"]["after"], task) for r in runs]
+        per_seed = [_documents(r["result"]["benchmarks"]["after"][task]["documents"], task) for r in runs]
         ids = per_seed[0][0]
         if any(other != ids for other, _ in per_seed):
             raise ValueError(f"{name}/{task}: the seeds' runs scored different documents")

@@ -274,7 +274,7 @@ def zero_shot_section(path: Path) -> list[str]:
     lines += [f"lm-eval over the packaged tasks (`{command}`): {report['limit']} documents of each task, {drawn} "
               f"(MMLU-STEM: of each of its 19 subjects; {report['results'].get('mmlu_stem', {}).get('n', '-')} "
               "documents), "
-              f"{report['dtype']}, {report['wall_time_s'] / 60:.0f} min on 2 CPU threads. The paper's row is AdaSAM "
+              f"{report['dtype']}, {report['wall_time_s'] / 60:.0f} min of wall time. The paper's row is AdaSAM "
               "after instruction tuning of a Llama-class model of billions of parameters, for scale only.", "",
               "| task | n | acc (%) | acc_norm (%) | ± stderr | paper, AdaSAM (%) |",
               "| --- | ---: | ---: | ---: | ---: | ---: |"]

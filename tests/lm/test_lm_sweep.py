@@ -48,7 +48,11 @@ def test_toy_lm_sweep_tunes_on_held_out_loss_scores_the_finals_and_resumes(tmp_p
     assert "0 run(s) executed, 7 already done" in capsys.readouterr().out
 
     # The report: each final run's scores from its stored documents, differences paired on the same documents.
-    lines = lm_report.section(sweep, records, tmp_path / "no-zero-shot.json", tmp_path / "no-cost.json", tmp_path)
+    # A zero-shot report in evaluate_lm.py's layout ({"documents": {task: ...}}), here built from the AdamW run's.
+    zero_shot = {"limit": 3, "subset_seed": 1, "documents": {
+        t: r["documents"] for t, r in final_adamw["result"]["benchmarks"]["after"].items()}}
+    (tmp_path / "zero_shot.json").write_text(json.dumps(zero_shot))
+    lines = lm_report.section(sweep, records, tmp_path / "zero_shot.json", tmp_path / "no-cost.json", tmp_path)
     text = "\n".join(lines)
     for r in finals:
         name = r["config"].get("variant", r["config"]["optimizer"])
@@ -59,6 +63,9 @@ def test_toy_lm_sweep_tunes_on_held_out_loss_scores_the_finals_and_resumes(tmp_p
         cells = [c.strip() for c in row.split("|")[2:5]]
         expected = [100 * after["openbookqa"]["acc_norm"], 100 * after["boolq"]["acc"]]
         assert cells == [f"{v:.1f}" for v in expected] + [f"{sum(expected) / 2:.1f}"], row
+    adamw_row = next(line for line in lines if line.startswith("| adamw ("))
+    zero_row = next(line for line in lines if line.startswith("| SmolLM2-135M-Instruct, zero-shot |"))
+    assert zero_row.split("|")[2:5] == adamw_row.split("|")[2:5]  # the same scores, read from the other layout
     adamw_after = final_adamw["result"]["benchmarks"]["after"]
     adasam_after = next(r for r in finals if r["config"]["optimizer"] == "adasam" and "variant" not in r["config"])[
         "result"]["benchmarks"]["after"]
