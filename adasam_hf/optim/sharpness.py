@@ -27,7 +27,7 @@ from torch.utils._foreach_utils import (
     _group_tensors_by_device_and_dtype,
 )
 
-from .sharded import global_norm, local
+from .sharded import check_reduced, global_norm, local
 from .validation import check_rho, check_state_dict
 
 
@@ -104,6 +104,7 @@ class SharpnessAware(Optimizer):
             if any(g.is_sparse for g in gs):
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
             groups.append((group, ps, gs))
+        check_reduced([g for _, _, gs in groups for g in gs])  # before anything changes
         # FSDP2's DTensors: every elementwise op below works on this rank's shards (sharded.py).
         sharded = [(group, local(ps), local(gs)) for group, ps, gs in groups]
         params = [p for _, ps, _ in sharded for p in ps]

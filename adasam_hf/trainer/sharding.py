@@ -18,7 +18,8 @@ import torch
 
 from ..optim.schedule import SAM_MODES
 
-__all__ = ["SUPPORTED_PARALLELISM", "check_sharded_step", "gradient_sync_off", "sharded_at_load"]
+__all__ = ["SUPPORTED_PARALLELISM", "check_sharded_step", "gradient_sync_off", "has_dtensor_parameters",
+           "sharded_at_load"]
 
 SUPPORTED_PARALLELISM = (
     "one device, DDP (torchrun / accelerate launch), or FSDP2 on a model sharded at load time "
@@ -27,8 +28,17 @@ SUPPORTED_PARALLELISM = (
 
 
 def sharded_at_load(model: torch.nn.Module | None) -> bool:
-    """Whether transformers sharded `model` at load time (FSDP2 or another parallelism of `distributed_config`)."""
-    return bool(getattr(model, "is_distributed_loading_by_transformers", False))
+    """Whether transformers sharded `model` with FSDP2 as it loaded it (also under a peft wrapper, which forwards the
+    attributes). ``fsdp_size=1`` flags the model but shards nothing: that is a plain model."""
+    from transformers.distributed.fsdp import is_fsdp_managed_module
+
+    return bool(getattr(model, "is_distributed_loading_by_transformers", False)) and is_fsdp_managed_module(model)
+
+
+def has_dtensor_parameters(model: torch.nn.Module | None) -> bool:
+    from ..optim.sharded import is_sharded
+
+    return model is not None and any(is_sharded(p) for p in model.parameters())
 
 
 def check_sharded_step(model: torch.nn.Module, options) -> None:
@@ -56,7 +66,7 @@ def check_sharded_step(model: torch.nn.Module, options) -> None:
 @contextlib.contextmanager
 def gradient_sync_off(model: torch.nn.Module):
     """FSDP2's switch (`FSDPModule.set_requires_gradient_sync`, recursive): the backwards inside keep their
-    gradients unreduced until a backward outside it."""
+    gradients unreduced until a backward outside it. Not reentrant: it turns the switch back on on leaving."""
     model.set_requires_gradient_sync(False)
     try:
         yield

@@ -37,7 +37,9 @@ from ..optim import SAMSchedule, SharpnessAware, create_optimizer
 from .arguments import SAMTrainingArguments
 from .layer_sparse import LayerSparseStep
 from .loss_scaling import NumItemsLossScalingFix
-from .sharding import SUPPORTED_PARALLELISM, check_sharded_step, gradient_sync_off, sharded_at_load
+from .sharding import (
+    SUPPORTED_PARALLELISM, check_sharded_step, gradient_sync_off, has_dtensor_parameters, sharded_at_load,
+)
 
 __all__ = ["SAMStepMixin", "SAMStepOptions", "SAMTrainer"]
 
@@ -81,6 +83,10 @@ class SAMStepMixin(Trainer):
         self.sharded = sharded_at_load(self.model)
         if wants_sam and self.sharded:
             check_sharded_step(self.model, self.sam_options)
+        elif wants_sam and has_dtensor_parameters(self.model):
+            raise ValueError(f"SAMTrainer does not run a model whose parameters are DTensors that transformers did "
+                             f"not shard with FSDP2 at load (fully_shard by hand, tensor parallel); supported: "
+                             f"{SUPPORTED_PARALLELISM}")
         self.layer_sparse = (
             LayerSparseStep(self.sam_options.layer_fraction, self.args.seed)
             if self.sam_options.mode == "layer-sparse" else None

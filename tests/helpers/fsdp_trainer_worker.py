@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from peft import LoraConfig, get_peft_model
+from torch.distributed.fsdp import fully_shard
 from transformers import AutoModelForCausalLM
 from transformers.distributed import DistributedConfig
 
@@ -73,6 +74,20 @@ def refusal(out: Path, folder: Path, sharding: dict | None = None, **kw) -> str:
     return "accepted"
 
 
+def by_hand_refusal(out: Path) -> str:
+    """A model sharded with fully_shard by hand (not by transformers at load)."""
+    model = tiny_llama()
+    for layer in model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    try:
+        SAMTrainer(model=model, args=make_args(out, micro=2), train_dataset=UnevenLMDataset(),
+                   data_collator=pad_collate)
+    except ValueError as exc:
+        return str(exc)
+    return "accepted"
+
+
 def main():
     out = Path(sys.argv[1])
     dist.init_process_group("gloo")
@@ -89,6 +104,7 @@ def main():
         "local": refusal(out, folder, sam_ascent="local"),
         "layer-sparse": refusal(out, folder, sam_mode="layer-sparse"),
         "mixed-precision": refusal(out, folder, {"fsdp_mixed_precision": True}),
+        "by-hand": by_hand_refusal(out),
     }
     save_rank_result(out, result)
 

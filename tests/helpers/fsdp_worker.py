@@ -22,9 +22,12 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import Shard, distribute_tensor
 
 from adasam_hf import SAM, AdaSAM
+from adasam_hf.optim.sharded import global_norm, local
 from tests.helpers.distributed import save_rank_result
 
 STEPS = 3
@@ -34,8 +37,9 @@ CASES = {
     "adasam": (AdaSAM, dict(lr=0.01, rho=0.05, weight_decay=0.1)),
     "adasam-adaptive": (AdaSAM, dict(lr=0.01, rho=0.5, adaptive=True)),
     "sam-sgd": (SAM, dict(base_optimizer=torch.optim.SGD, lr=0.3, momentum=0.9, rho=0.05)),
-    "adasam-foreach": (AdaSAM, dict(lr=0.01, rho=0.05, fused=False)),
+    "adasam-foreach": (AdaSAM, dict(lr=0.01, rho=0.05, fused=False, foreach=True)),
     "adasam-group-rho": (AdaSAM, dict(lr=0.01, rho=0.05)),  # the first Linear's group: rho GROUP_RHO
+    "adasam-mixed": (AdaSAM, dict(lr=0.01, rho=0.05)),  # the first bias left out of FSDP: a plain, replicated tensor
 }
 GROUP_RHO = 0.2
 SPARSE = [False, False, True, True, False, False]  # layer-sparse: only the middle Linear is perturbed
@@ -55,12 +59,13 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
                                                                                      dtype=torch.float64)
 
 
-def sharded_mlp(seed: int = 0) -> torch.nn.Sequential:
+def sharded_mlp(seed: int = 0, plain_bias: bool = False) -> torch.nn.Sequential:
     model = mlp(seed)
+    ignored = {model[0].bias} if plain_bias else None
     for layer in model:
         if isinstance(layer, torch.nn.Linear):
-            fully_shard(layer)
-    return fully_shard(model)
+            fully_shard(layer, ignored_params=ignored)
+    return fully_shard(model, ignored_params=ignored)
 
 
 def my_half():
@@ -70,8 +75,14 @@ def my_half():
 
 
 def backward(model) -> None:
+    """This rank's half; FSDP2 averages the sharded gradients, and the plain ones are averaged here (as the
+    Trainer's hook does for parameters FSDP does not manage)."""
     x, y = my_half()
     torch.nn.functional.mse_loss(model(x), y).backward()
+    for p in model.parameters():
+        if not hasattr(p, "to_local") and p.grad is not None:
+            dist.all_reduce(p.grad)  # gloo has no AVG
+            p.grad /= dist.get_world_size()
 
 
 @contextmanager
@@ -107,13 +118,13 @@ def sam_step(model, opt, sparse: bool, collectives: dict) -> torch.Tensor:
     with counting_collectives(collectives), torch.no_grad():
         norm = opt.perturb(params=chosen)
     chosen_ids = {id(p) for p in chosen or ()}
-    kept = {p: p.grad.to_local().clone() for p in params if chosen is not None and id(p) not in chosen_ids}
+    kept = {p: local([p.grad])[0].clone() for p in params if chosen is not None and id(p) not in chosen_ids}
     opt.zero_grad()
     backward(model)
     with counting_collectives(collectives), torch.no_grad():
         opt.restore()
         for p, g in kept.items():
-            p.grad.to_local().copy_(g)
+            local([p.grad])[0].copy_(g)
         opt.step()
     opt.zero_grad()
     return norm
@@ -128,34 +139,51 @@ def held_bytes(opt) -> int:
 
 def run(case: str, sparse: bool = False) -> dict:
     cls, kw = CASES[case]
-    model = sharded_mlp()
+    model = sharded_mlp(plain_bias=case.endswith("mixed"))
     params = list(model.parameters())
     per_group = [{"params": params[:2], "rho": GROUP_RHO}, {"params": params[2:]}]
     opt = cls(per_group if case.endswith("group-rho") else params, **kw)
     weights, norms, collectives = [], [], {}
     for _ in range(STEPS):
         norms.append(sam_step(model, opt, sparse, collectives).item())
-        weights.append([p.full_tensor().clone() for p in model.parameters()])
-    local_numel = sum(p.to_local().numel() for p in model.parameters())
+        weights.append([full(p) for p in model.parameters()])
+    local_numel = sum(t.numel() for t in local(list(model.parameters())))
     return {"weights": weights, "norms": norms, "collectives": collectives, "held_bytes": held_bytes(opt),
             "local_numel": local_numel, "state_is_sharded": all(
                 type(v).__name__ == "DTensor" for s in opt.state.values() for k, v in s.items() if k != "step")}
 
 
-def resume(out: Path) -> dict:
+def full(p: torch.Tensor) -> torch.Tensor:
+    return (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+
+
+def half_precision_norms() -> dict:
+    """global_norm of sharded float16 / bfloat16 tensors whose squared norm is out of their range (large) or in
+    its subnormals (small), against the float64 norm."""
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    out = {}
+    for dtype in (torch.float16, torch.bfloat16):
+        for value in (10.0, 2e-5):
+            whole = torch.full((1000,), value, dtype=dtype)
+            t = distribute_tensor(whole, mesh, [Shard(0)])
+            out[(str(dtype), value)] = (global_norm([t], [t.to_local()]).item(), whole.double().norm().item())
+    return out
+
+
+def resume(out: Path, case: str) -> dict:
     """2 steps, a DCP checkpoint, a fresh model and optimizer (other initial weights) loading it, a 3rd step."""
-    cls, kw = CASES["adasam"]
+    cls, kw = CASES[case]
     model = sharded_mlp()
     opt = cls(model.parameters(), **kw)
     for _ in range(2):
         sam_step(model, opt, False, {})
     state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
-    dcp.save(state, checkpoint_id=str(out / "checkpoint"))
+    dcp.save(state, checkpoint_id=str(out / f"checkpoint-{case}"))
     plain = copy.deepcopy(opt.state_dict())  # the sharded state dict (DTensors), as a saved copy
     model2 = sharded_mlp(seed=123)
     opt2 = cls(model2.parameters(), **kw)
     state2 = {"model": get_model_state_dict(model2), "optim": get_optimizer_state_dict(model2, opt2)}
-    dcp.load(state2, checkpoint_id=str(out / "checkpoint"))
+    dcp.load(state2, checkpoint_id=str(out / f"checkpoint-{case}"))
     set_model_state_dict(model2, state2["model"])
     set_optimizer_state_dict(model2, opt2, state2["optim"])
     model3 = sharded_mlp(seed=7)
@@ -175,7 +203,8 @@ def main():
     dist.init_process_group("gloo")
     result = {case: run(case) for case in CASES}
     result["layer-sparse"] = run("adasam", sparse=True)
-    result["resume"] = resume(out)
+    result["resume"] = {case: resume(out, case) for case in ("adasam", "sam-sgd")}
+    result["half_precision_norms"] = half_precision_norms()
     result["full_numel"] = sum(p.numel() for p in mlp().parameters())
     save_rank_result(out, result)
 

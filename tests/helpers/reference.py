@@ -42,6 +42,13 @@ class AdaSAMReference:
             e = dict(zip(picked, ascent([ws[i] for i in picked], [s[i] for i in picked], self.rho, self.adaptive)))
             at_e = grad_fn([w + e[i] if i in e else w for i, w in enumerate(ws)])
             g = [at_e[i] if i in e else s[i] for i in range(len(ws))]
+        return self._update(ws, g)
+
+    def base_step(self, ws, grad_fn):
+        """A step the cheaper schedules (sam_interval, rst) leave without ascent: (4)-(7) on the gradient at w."""
+        return self._update(ws, grad_fn(ws))
+
+    def _update(self, ws, g):
         lrs = self.lr if isinstance(self.lr, (list, tuple)) else [self.lr] * len(ws)
         out = []
         for i, (w, gi) in enumerate(zip(ws, g)):

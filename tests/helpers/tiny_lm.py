@@ -75,8 +75,9 @@ def window_loss(model, names, ws, examples) -> torch.Tensor:
     return total / count
 
 
-def causal_lm_reference(model, dataset, *, optimizer: str, steps: int, batch: int, **hp) -> dict:
-    """Weights after `steps` full-batch steps on examples [t*batch, (t+1)*batch), in float64 (helpers/reference.py)."""
+def causal_lm_reference(model, dataset, *, optimizer: str, steps: int, batch: int, sam_steps=None, **hp) -> dict:
+    """Weights after `steps` full-batch steps on examples [t*batch, (t+1)*batch), in float64 (helpers/reference.py);
+    with `sam_steps`, only the steps t in it take the SAM step, the others AdaSAM's base step."""
     model = model.double()
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     ws = [p.detach().clone() for n, p in model.named_parameters() if p.requires_grad]
@@ -88,7 +89,7 @@ def causal_lm_reference(model, dataset, *, optimizer: str, steps: int, batch: in
             ws = [w.detach().requires_grad_() for w in ws]
             return list(torch.autograd.grad(window_loss(model, names, ws, examples), ws))
 
-        ws = ref.step(ws, grad_fn)
+        ws = ref.step(ws, grad_fn) if sam_steps is None or t in sam_steps else ref.base_step(ws, grad_fn)
     return dict(zip(names, ws))
 
 

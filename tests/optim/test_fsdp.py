@@ -81,11 +81,19 @@ def test_state_and_saved_copy_are_sharded(ranks):
     assert ranks[1]["adasam"]["local_numel"] < full  # each rank holds a part
 
 
-def test_resume_from_a_sharded_checkpoint_equals_an_uninterrupted_run(ranks):
+@pytest.mark.parametrize("case", ["adasam", "sam-sgd"])
+def test_resume_from_a_sharded_checkpoint_equals_an_uninterrupted_run(ranks, case):
     """A torch.distributed.checkpoint save after 2 steps, loaded into a fresh model and optimizer (other initial
     weights), and the sharded optimizer state dict loaded as is: the 3rd step is bit-identical."""
     for rank in ranks:
-        run = rank["resume"]
+        run = rank["resume"][case]
         for way in ("dcp", "state_dict"):
             for got, want in zip(run[way], run["uninterrupted"]):
                 assert torch.equal(got, want), way
+
+
+def test_half_precision_shards_have_a_finite_exact_norm(ranks):
+    """float16 / bfloat16 shards whose squared norm leaves their range (or sinks into subnormals): the global norm
+    is still the float64 one to the inputs' precision (the squares are summed in float32)."""
+    for (dtype, value), (got, want) in ranks[0]["half_precision_norms"].items():
+        assert got == pytest.approx(want, rel=1e-3), (dtype, value)

@@ -9,7 +9,7 @@ import torch
 
 from tests.helpers.distributed import torchrun
 from tests.helpers.fsdp_trainer_worker import lora
-from tests.helpers.tiny_lm import UnevenLMDataset, causal_lm_reference, tiny_llama
+from tests.helpers.tiny_lm import UnevenLMDataset, causal_lm_reference, tiny_llama, window_loss
 
 pytestmark = pytest.mark.slow
 STEPS = 3  # tests/helpers/training.py's make_args
@@ -67,17 +67,29 @@ def test_reductions_wait_for_the_last_micro_batch_of_each_pass(ranks):
 
 
 def test_a_cheaper_schedule_runs_its_base_steps_sharded(ranks):
-    """sam_interval 2 over 3 steps: SAM steps at 0 and 2, the base step at 1, so 5 passes against full AdaSAM's 6;
-    the ranks stay identical and the weights differ from full AdaSAM's."""
+    """sam_interval 2 over 3 steps: SAM steps at 0 and 2, AdaSAM's base step at 1 (the reference's), so 5 passes
+    against full AdaSAM's 6; the ranks stay identical."""
     interval, full = ranks[0]["interval"], ranks[0]["adasam"]
     assert interval["reduce_scatters"] * 6 == full["reduce_scatters"] * 5
-    assert all(torch.equal(w, ranks[1]["interval"]["weights"][n]) for n, w in interval["weights"].items())
+    expected = causal_lm_reference(tiny_llama(), UnevenLMDataset(), optimizer="adasam", steps=STEPS, batch=4,
+                                   sam_steps={0, 2}, lr=0.01, rho=0.05, eps=1e-4)
+    for name, w in expected.items():
+        assert torch.equal(interval["weights"][name], ranks[1]["interval"]["weights"][name]), name
+        assert (interval["weights"][name] - w).abs().max().item() < 5e-6, name
     assert any(not torch.equal(w, full["weights"][n]) for n, w in interval["weights"].items())
 
 
-def test_the_sam_figures_are_logged(ranks):
-    for log in ranks[0]["adasam"]["logs"]:
-        assert log["sam_ascent_grad_norm"] > 0 and log["sam_perturbed_loss"] > 0
+def test_the_logged_ascent_norm_is_the_whole_batch_one(ranks):
+    """Step 1's logged sam_ascent_grad_norm is the norm of the gradient of the 4-example token mean at the initial
+    weights (float64, written here), not a rank's own or a sum over ranks."""
+    model = tiny_llama()
+    names = [n for n, _ in model.named_parameters()]
+    ws = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    loss = window_loss(model, names, ws, [UnevenLMDataset()[i] for i in range(4)])
+    norm = torch.sqrt(sum((g**2).sum() for g in torch.autograd.grad(loss, ws))).item()
+    first = ranks[0]["adasam"]["logs"][0]
+    assert first["step"] == 1 and first["sam_ascent_grad_norm"] == pytest.approx(norm, rel=1e-5)
+    assert all(log["sam_perturbed_loss"] > 0 for log in ranks[0]["adasam"]["logs"])
 
 
 def test_what_the_sharded_step_does_not_support_is_refused_in_one_line(ranks):
@@ -85,7 +97,8 @@ def test_what_the_sharded_step_does_not_support_is_refused_in_one_line(ranks):
     assert ranks[0]["layer-sparse"].startswith("Invalid sam_mode: 'layer-sparse' is not supported on FSDP2")
     assert ranks[0]["mixed-precision"].startswith("SAM on a model sharded with fsdp_mixed_precision=True is not "
                                                   "supported (untested)")
-    assert "\n" not in ranks[0]["local"] + ranks[0]["layer-sparse"] + ranks[0]["mixed-precision"]
+    assert ranks[0]["by-hand"].startswith("SAMTrainer does not run a model whose parameters are DTensors")
+    assert "\n" not in ranks[0]["local"] + ranks[0]["layer-sparse"] + ranks[0]["mixed-precision"] + ranks[0]["by-hand"]
 
 
 def test_accelerate_launch_trains_the_same(ranks, tmp_path):
