@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
+import os
 import shutil
 import statistics
 import sys
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from benchmarks.harness import (
     add_workload_flags, cpu_model, optimizer_bytes, peak_rss_bytes, print_result, rss_bytes, run_child, step_timer,
-    versions,
+    versions, write_json,
 )
 from benchmarks.lm_cost import OPTIMIZERS, PRESETS, RandomTokens
 
@@ -128,10 +128,11 @@ def main(argv=None) -> int:
     bad = [o for o in optimizers if o not in OPTIMIZERS]
     if bad:
         parser.error(f"--optimizers: unknown {', '.join(bad)} (choose from: {', '.join(OPTIMIZERS)})")
+    for flag in ("steps", "threads", "batch", "seq"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag}: {getattr(args, flag)} (must be a positive integer)")
     if args.child:  # OPTIMIZER
         result = worker(args.folder, args.child[0], args.steps, args.threads, args.batch, args.seq)
-        import os
-
         if os.environ.get("RANK", "0") == "0":
             print_result(result)
         return 0
@@ -156,9 +157,7 @@ def main(argv=None) -> int:
                     for i, r in enumerate(rows[name]["ranks"])), flush=True)
             report["runs"].append({"ranks": ranks, "optimizers": rows})
     print(format_table(report))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    write_json(args.json, report)
     return 0
 
 

@@ -139,6 +139,13 @@ def run_child(module: str, what: list, args, more=(), env: dict | None = None, l
     return json.loads(lines[-1])
 
 
+def write_json(path: str | None, report: dict) -> None:
+    """A benchmark's figures to `path` (its folder made), if a path was given."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(report, indent=1) + "\n")
+
+
 def print_result(result: dict) -> None:
     """A child's answer: one JSON line, the last on stdout, which `run_child` reads."""
     print(json.dumps(result), flush=True)

@@ -18,15 +18,13 @@ first step (optimizer state allocation, the one-off loss probe) is a warm-up and
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
-from pathlib import Path
 
 from benchmarks.harness import (
     add_workload_flags, cpu_model, optimizer_bytes, peak_rss_bytes, print_result, rss_bytes, run_child, step_timer,
-    tensor_bytes, versions,
+    tensor_bytes, versions, write_json,
 )
 
 OPTIMIZERS = {  # name -> learning rate (irrelevant to cost, but keeps the steps realistic)
@@ -181,9 +179,7 @@ def main(argv=None) -> int:
                   f"peak {rows[name]['peak_rss_gb']:.2f} GB", flush=True)
         report["runs"].append({"mode": mode, "optimizers": rows})
     print(format_table(report))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    write_json(args.json, report)
     return 0
 
 
