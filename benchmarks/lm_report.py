@@ -26,6 +26,7 @@ METRIC = {"hellaswag": "acc_norm", "openbookqa": "acc_norm", "arc_challenge": "a
 OTHER_METRIC = "acc"  # any other task
 LOSS = "loss"  # tuning selects on the held-out eval_loss (benchmarks.lm_sweep)
 RESAMPLES = 10_000
+BASELINE = "adamw"  # every optimizer is compared with it, as in the seed
 
 
 def paired_bootstrap(differences: list[np.ndarray], resamples: int = RESAMPLES, seed: int = 0
@@ -115,7 +116,7 @@ def _cost_rows(cost: dict | None, sweep: dict) -> dict:
 
 def accuracy_lines(exp: Experiment, cost: dict | None) -> list[str]:
     rows = _cost_rows(cost, exp.sweep)
-    base_cost = rows.get("adamw")
+    base_cost = rows.get(BASELINE)
     header = ["model / optimizer (setting)", *(f"{t} ({METRIC.get(t, OTHER_METRIC)})" for t in exp.tasks),
               f"mean of {len(exp.tasks)}",
               "s/step (x AdamW)", "peak RSS GB (x AdamW)"]
@@ -153,9 +154,9 @@ def accuracy_lines(exp: Experiment, cost: dict | None) -> list[str]:
 
 def difference_lines(exp: Experiment) -> list[str]:
     """name − base, per benchmark and over the five, with the interval and its verdict."""
-    pairs = [(n, "adamw") for n in exp.names if n != "adamw"]
+    pairs = [(n, BASELINE) for n in exp.names if n != BASELINE]
     pairs += [("adasam", other) for other in ("amsgrad", "sam") if other in exp.names]
-    pairs += [(v, spec["base"]) for v, spec in exp.sweep.get("variants", {}).items() if spec["base"] != "adamw"]
+    pairs += [(v, spec["base"]) for v, spec in exp.sweep.get("variants", {}).items() if spec["base"] != BASELINE]
     of = f"mean of {len(exp.tasks)}"
     lines = ["| difference (points) | " + " | ".join(exp.tasks) + f" | {of} | verdict ({of}) |",
              "| --- |" + " ---: |" * (len(exp.tasks) + 1) + " --- |"]
@@ -171,9 +172,23 @@ def difference_lines(exp: Experiment) -> list[str]:
     return lines
 
 
+def training_losses(finals: dict[str, list[dict]]) -> dict[str, list[tuple[int, float]]]:
+    """(step, logged training loss) of each optimizer's first final run."""
+    return {name: sorted((h["step"], h["loss"]) for h in runs[0]["result"]["log_history"] if "loss" in h)
+            for name, runs in finals.items()}
+
+
+def loss_gaps(losses: dict[str, list[tuple[int, float]]]) -> dict[str, list[tuple[int, float]]]:
+    """Each optimizer's loss minus the baseline's at the same step: the same batches, so the length blocks cancel."""
+    base = dict(losses.get(BASELINE, []))
+    return {name: [(step, loss - base[step]) for step, loss in points if step in base]
+            for name, points in losses.items() if name != BASELINE}
+
+
 def curves_png(exp: Experiment, path: Path) -> bool:
-    """Left: training loss against step of each optimizer's first final run; right: the held-out loss of every tuning
-    run against its learning rate. Legends sit below the axes, clear of the lines."""
+    """Left: training loss against step of each optimizer's first final run; middle: the same minus AdamW's (the
+    length-grouped batches make the raw curve jump); right: the held-out loss of every tuning run against its learning
+    rate. Legends sit below the axes, clear of the lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,23 +197,30 @@ def curves_png(exp: Experiment, path: Path) -> bool:
     tuning = [r for r in exp.records if not any(k.startswith("eval_tasks") for k in r["config"])]
     if not exp.finals and not tuning:
         return False
-    fig, (ax_loss, ax_grid) = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig, (ax_loss, ax_delta, ax_grid) = plt.subplots(1, 3, figsize=(17, 4.8))
+    losses = training_losses(exp.finals)
+    gaps = loss_gaps(losses)
+    color = {name: f"C{i}" for i, name in enumerate(exp.names)}  # one colour per optimizer in every panel
     for name, runs in exp.finals.items():
-        points = [(h["step"], h["loss"]) for h in runs[0]["result"]["log_history"] if "loss" in h]
-        if points:
-            ax_loss.plot(*zip(*points), marker=".", label=f"{name} (seed {runs[0]['config']['seed']})")
+        label = f"{name} (seed {runs[0]['config']['seed']})"
+        if losses[name]:
+            ax_loss.plot(*zip(*losses[name]), marker=".", color=color[name], label=label)
+        if gaps.get(name):
+            ax_delta.plot(*zip(*gaps[name]), marker=".", color=color[name], label=label)
+    ax_delta.axhline(0.0, color="grey", lw=0.8)
+    ax_delta.set(title=f"training loss minus {BASELINE}'s at the same step", xlabel="step", ylabel="loss difference")
     for optimizer in exp.sweep["optimizers"]:
         points = sorted((r["config"]["learning_rate"], r["result"]["eval_loss"]) for r in tuning
                         if r["config"]["optimizer"] == optimizer)
         if points:
-            ax_grid.plot(*zip(*points), marker="o", label=optimizer)
+            ax_grid.plot(*zip(*points), marker="o", color=color[optimizer], label=optimizer)
     ax_loss.set(title=f"{exp.name}: training loss (final runs)", xlabel="step",
                 ylabel="mean loss over the last logging interval")
     ax_grid.set(title="tuning: held-out loss after training", xlabel="learning rate", ylabel="eval_loss",
                 xscale="log")
-    for ax in (ax_loss, ax_grid):
+    for ax in (ax_loss, ax_delta, ax_grid):
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=5, frameon=False)
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -266,7 +288,9 @@ def section(sweep: dict, records: list[dict], zero_shot_path: Path, cost_path: P
         lines += ["", f"![{exp.name}: training loss and tuning](results/{png.name})", "",
                   "Left: training loss every 10 steps. Batches are grouped by length (group_by_length), so short "
                   "ARC/OpenBookQA answers and long BoolQ passages alternate in blocks and the curve jumps with them; "
-                  "every optimizer sees the same blocks in the same order, so the curves compare point by point."]
+                  "every optimizer sees the same blocks in the same order, so the curves compare point by point. "
+                  f"Middle: each curve minus {BASELINE}'s at the same step, where the blocks cancel (below 0: a lower "
+                  f"training loss than {BASELINE} on the same batches). Right: held-out loss of each tuning run."]
     lines += ["", "Tuning runs (seed {}):".format(sweep["tune_seed"]), ""]
     lines += tuning_lines(exp)
     lines += ["", "Wall: each run's elapsed time, with whatever else ran on the machine then; the cost per step is "

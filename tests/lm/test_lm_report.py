@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.lm_report import paired_bootstrap, verdict
+from benchmarks.lm_report import loss_gaps, paired_bootstrap, training_losses, verdict
 
 
 def test_a_constant_difference_has_a_zero_width_interval():
@@ -40,3 +40,14 @@ def test_strata_are_averaged_as_benchmarks_and_resampled_apart():
                                            (0.0, 1.0, "not separable")])
 def test_verdicts(low, high, word):
     assert verdict(low, high) == word
+
+
+def test_loss_gaps_subtract_the_baseline_at_the_same_step_only():
+    def run(losses):
+        return [{"result": {"log_history": [*({"step": s, "loss": v} for s, v in losses.items()),
+                                            {"step": 30, "eval_loss": 9.0}]}}]
+
+    finals = {"adamw": run({20: 1.5, 10: 2.0}), "adasam": run({10: 1.75, 20: 1.0, 30: 0.5})}
+    losses = training_losses(finals)
+    assert losses["adamw"] == [(10, 2.0), (20, 1.5)]  # sorted by step; eval entries are not training loss
+    assert loss_gaps(losses) == {"adasam": [(10, -0.25), (20, -0.5)]}  # step 30: no AdamW loss to compare with
