@@ -91,8 +91,8 @@ class Experiment:
         return ids, np.mean([s for _, s in per_seed], axis=0)
 
     def difference(self, name: str, base: str) -> dict | None:
-        """{task: (mean, low, high)} and "mean" over the tasks, of name − base in accuracy points; None if either
-        is missing a task or they scored different documents."""
+        """{task: (mean, low, high)} and "mean" over the tasks, of name − base in accuracy points, and "identical";
+        None if either is missing a task or they scored different documents."""
         pairs = {}
         for task in self.tasks:
             a, b = self.scores(name, task), self.scores(base, task)
@@ -103,6 +103,7 @@ class Experiment:
             pairs[task] = 100 * (a[1] - b[1])
         out = {task: paired_bootstrap([d]) for task, d in pairs.items()}
         out["mean"] = paired_bootstrap(list(pairs.values()))
+        out["identical"] = not any(d.any() for d in pairs.values())  # the same answer on every document
         return out
 
 
@@ -168,7 +169,8 @@ def difference_lines(exp: Experiment) -> list[str]:
         cells = [f"{m:+.1f} [{lo:+.1f}, {hi:+.1f}]" + ("" if verdict(lo, hi) == "not separable" else
                                                        f" {verdict(lo, hi)}") for m, lo, hi in
                  (diff[t] for t in [*exp.tasks, "mean"])]
-        lines.append(f"| {name} − {base} | " + " | ".join(cells) + f" | **{verdict(*diff['mean'][1:])}** |")
+        word = "identical on every document" if diff["identical"] else verdict(*diff["mean"][1:])
+        lines.append(f"| {name} − {base} | " + " | ".join(cells) + f" | **{word}** |")
     return lines
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.lm_report import loss_gaps, paired_bootstrap, training_losses, verdict
+from benchmarks.lm_report import (
+    Experiment, difference_lines, loss_gaps, paired_bootstrap, training_losses, verdict,
+)
 
 
 def test_a_constant_difference_has_a_zero_width_interval():
@@ -51,3 +53,16 @@ def test_loss_gaps_subtract_the_baseline_at_the_same_step_only():
     losses = training_losses(finals)
     assert losses["adamw"] == [(10, 2.0), (20, 1.5)]  # sorted by step; eval entries are not training loss
     assert loss_gaps(losses) == {"adasam": [(10, -0.25), (20, -0.5)]}  # step 30: no AdamW loss to compare with
+
+
+def test_a_difference_of_zero_on_every_document_is_called_identical_and_a_cancelling_one_is_not():
+    """AMSGrad gave AdamW's answer on every document in the LLM experiment; a +1/-1 pair that averages to 0 is a
+    different fact (two models that disagree) and must not read the same."""
+    ids = ["d0", "d1", "d2", "d3"]
+    scores = {"adamw": [1.0, 0.0, 1.0, 0.0], "amsgrad": [1.0, 0.0, 1.0, 0.0], "adasam": [0.0, 1.0, 1.0, 0.0]}
+    exp = Experiment.__new__(Experiment)
+    exp.tasks, exp.names, exp.sweep = ["boolq"], list(scores), {}
+    exp.scores = lambda name, task: (ids, np.array(scores[name]))
+    lines = difference_lines(exp)
+    assert lines[2].startswith("| amsgrad − adamw |") and lines[2].endswith("| **identical on every document** |")
+    assert lines[3].startswith("| adasam − adamw |") and lines[3].endswith("| **not separable** |")
