@@ -158,6 +158,7 @@ def difference_lines(exp: Experiment) -> list[str]:
     pairs = [(n, BASELINE) for n in exp.names if n != BASELINE]
     pairs += [("adasam", other) for other in ("amsgrad", "sam") if other in exp.names]
     pairs += [(v, spec["base"]) for v, spec in exp.sweep.get("variants", {}).items() if spec["base"] != BASELINE]
+    pairs += [(n, "zero-shot") for n in (BASELINE, "adasam") if n in exp.names]  # did fine-tuning help at all?
     of = f"mean of {len(exp.tasks)}"
     lines = ["| difference (points) | " + " | ".join(exp.tasks) + f" | {of} | verdict ({of}) |",
              "| --- |" + " ---: |" * (len(exp.tasks) + 1) + " --- |"]
