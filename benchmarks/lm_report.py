@@ -204,12 +204,11 @@ def curves_png(exp: Experiment, path: Path) -> bool:
     losses = training_losses(exp.finals)
     gaps = loss_gaps(losses)
     color = {name: f"C{i}" for i, name in enumerate(exp.names)}  # one colour per optimizer in every panel
-    for name, runs in exp.finals.items():
-        label = f"{name} (seed {runs[0]['config']['seed']})"
+    for name in exp.finals:
         if losses[name]:
-            ax_loss.plot(*zip(*losses[name]), marker=".", color=color[name], label=label)
+            ax_loss.plot(*zip(*losses[name]), marker=".", color=color[name], label=name)
         if gaps.get(name):
-            ax_delta.plot(*zip(*gaps[name]), marker=".", color=color[name], label=label)
+            ax_delta.plot(*zip(*gaps[name]), marker=".", color=color[name], label=name)
     ax_delta.axhline(0.0, color="grey", lw=0.8)
     ax_delta.set(title=f"training loss minus {BASELINE}'s at the same step", xlabel="step", ylabel="loss difference")
     for optimizer in exp.sweep["optimizers"]:
@@ -217,14 +216,17 @@ def curves_png(exp: Experiment, path: Path) -> bool:
                         if r["config"]["optimizer"] == optimizer)
         if points:
             ax_grid.plot(*zip(*points), marker="o", color=color[optimizer], label=optimizer)
-    ax_loss.set(title=f"{exp.name}: training loss (final runs)", xlabel="step",
+    seeds = sorted({runs[0]["config"]["seed"] for runs in exp.finals.values()})
+    ax_loss.set(title=f"{exp.name}: training loss (final runs, seed {', '.join(map(str, seeds))})", xlabel="step",
                 ylabel="mean loss over the last logging interval")
     ax_grid.set(title="tuning: held-out loss after training", xlabel="learning rate", ylabel="eval_loss",
                 xscale="log")
+    handles = {}  # one legend for the three panels (one colour per optimizer), below them, clear of the lines
     for ax in (ax_loss, ax_delta, ax_grid):
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
-    fig.tight_layout()
+        handles.update(zip(*reversed(ax.get_legend_handles_labels())))
+    names = [n for n in exp.names if n in handles]
+    fig.legend([handles[n] for n in names], names, loc="lower center", ncol=len(names), frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return True
@@ -293,7 +295,8 @@ def section(sweep: dict, records: list[dict], zero_shot_path: Path, cost_path: P
                   "ARC/OpenBookQA answers and long BoolQ passages alternate in blocks and the curve jumps with them; "
                   "every optimizer sees the same blocks in the same order, so the curves compare point by point. "
                   f"Middle: each curve minus {BASELINE}'s at the same step, where the blocks cancel (below 0: a lower "
-                  f"training loss than {BASELINE} on the same batches). Right: held-out loss of each tuning run."]
+                  f"training loss than {BASELINE} on the same batches). Right: held-out loss of each tuning run. "
+                  "A line equal to another's lies under it."]
     lines += ["", "Tuning runs (seed {}):".format(sweep["tune_seed"]), ""]
     lines += tuning_lines(exp)
     lines += ["", "Wall: each run's elapsed time, with whatever else ran on the machine then; the cost per step is "
