@@ -191,7 +191,7 @@ def loss_gaps(losses: dict[str, list[tuple[int, float]]]) -> dict[str, list[tupl
 def curves_png(exp: Experiment, path: Path) -> bool:
     """Left: training loss against step of each optimizer's first final run; middle: the same minus AdamW's (the
     length-grouped batches make the raw curve jump); right: the held-out loss of every tuning run against its learning
-    rate. Legends sit below the axes, clear of the lines."""
+    rate. One legend sits below the panels, clear of the lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -223,7 +223,8 @@ def curves_png(exp: Experiment, path: Path) -> bool:
                 xscale="log")
     handles = {}  # one legend for the three panels (one colour per optimizer), below them, clear of the lines
     for ax in (ax_loss, ax_delta, ax_grid):
-        handles.update(zip(*reversed(ax.get_legend_handles_labels())))
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
     names = [n for n in exp.names if n in handles]
     fig.legend([handles[n] for n in names], names, loc="lower center", ncol=len(names), frameon=False)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
