@@ -53,6 +53,11 @@ def _documents(documents: dict, task: str) -> tuple[list[str], np.ndarray]:
     return documents["id"], np.asarray(documents[METRIC.get(task, OTHER_METRIC)], dtype=float)
 
 
+def run_scores(run: dict, task: str) -> tuple[list[str], np.ndarray]:
+    """(ids, per-document scores) of one final run on `task`."""
+    return _documents(run["result"]["benchmarks"]["after"][task]["documents"], task)
+
+
 class Experiment:
     """The final runs of each optimizer (and variant) of one lm_sweep plan, and the zero-shot scores."""
 
@@ -84,7 +89,7 @@ class Experiment:
         runs = self.finals.get(name)
         if not runs:
             return None
-        per_seed = [_documents(r["result"]["benchmarks"]["after"][task]["documents"], task) for r in runs]
+        per_seed = [run_scores(r, task) for r in runs]
         ids = per_seed[0][0]
         if any(other != ids for other, _ in per_seed):
             raise ValueError(f"{name}/{task}: the seeds' runs scored different documents")
@@ -173,6 +178,34 @@ def difference_lines(exp: Experiment) -> list[str]:
         word = "identical on every document" if diff["identical"] else verdict(*diff["mean"][1:])
         lines.append(f"| {name} − {base} | " + " | ".join(cells) + f" | **{word}** |")
     return lines
+
+
+def seed_lines(exp: Experiment) -> list[str]:
+    """Each optimizer with several final seeds: every seed's held-out loss and mean score, and the last seed minus
+    the first on the same documents: the run-to-run noise that one seed's intervals leave out."""
+    lines = []
+    for name, runs in exp.finals.items():
+        if len(runs) < 2:
+            continue
+        first, last = runs[0], runs[-1]
+        pairs = []
+        for task in exp.tasks:
+            (ids_a, a), (ids_b, b) = run_scores(first, task), run_scores(last, task)
+            if ids_a != ids_b:
+                raise ValueError(f"{name}/{task}: the seeds' runs scored different documents")
+            pairs.append(100 * (b - a))
+        mean, low, high = paired_bootstrap(pairs)
+        means = [np.mean([100 * run_scores(r, t)[1].mean() for t in exp.tasks]) for r in runs]
+        seeds = [r["config"]["seed"] for r in runs]
+        lines.append(f"| {name} | " + ", ".join(f"{s}: {r['result']['eval_loss']:.3f}" for s, r in zip(seeds, runs))
+                     + " | " + ", ".join(f"{s}: {m:.1f}" for s, m in zip(seeds, means))
+                     + f" | {mean:+.1f} [{low:+.1f}, {high:+.1f}] | "
+                     + ("not separable" if verdict(low, high) == "not separable" else "the seeds differ") + " |")
+    if not lines:
+        return []
+    of = f"mean of {len(exp.tasks)}"
+    return [f"| optimizer | held-out loss, by seed | {of}, by seed | last seed − first ({of}) | verdict |",
+            "| --- | --- | --- | ---: | --- |", *lines]
 
 
 def training_losses(finals: dict[str, list[dict]]) -> dict[str, list[tuple[int, float]]]:
@@ -286,9 +319,13 @@ def section(sweep: dict, records: list[dict], zero_shot_path: Path, cost_path: P
     lines += ["", "Differences on the same documents, in accuracy points, with a paired bootstrap 95% interval "
               f"({RESAMPLES:,} resamples of the documents; for the mean over the benchmarks, within each). The verdict "
               "is \"better\" or \"worse\" when the interval excludes 0, else \"not separable\". The interval covers "
-              "which documents were drawn, not the training seed: with one seed per optimizer, run-to-run noise "
-              "comes on top.", ""]
+              "which documents were drawn, not the training seed: run-to-run noise comes on top (the seed table "
+              "below, where an optimizer has several seeds; their scores above are the seeds' mean per document).",
+              ""]
     lines += difference_lines(exp)
+    if spread := seed_lines(exp):
+        lines += ["", "The same optimizer and setting trained with another seed (the data order and LoRA's "
+                  "initialisation change), scored on the same documents:", "", *spread]
     png = png_dir / f"lm_curves_{exp.name}.png"
     if curves_png(exp, png):
         lines += ["", f"![{exp.name}: training loss and tuning](results/{png.name})", "",

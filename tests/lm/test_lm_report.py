@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from benchmarks.lm_report import (
-    Experiment, difference_lines, loss_gaps, paired_bootstrap, training_losses, verdict,
+    Experiment, difference_lines, loss_gaps, paired_bootstrap, seed_lines, training_losses, verdict,
 )
 
 
@@ -67,3 +67,22 @@ def test_a_difference_of_zero_on_every_document_is_called_identical_and_a_cancel
     assert lines[2].startswith("| amsgrad − adamw |") and lines[2].endswith("| **identical on every document** |")
     assert lines[3].startswith("| adasam − adamw |") and lines[3].endswith("| **not separable** |")
     assert lines[-1].startswith("| adasam − zero-shot | not run |")  # no zero-shot scores in this report
+
+
+def test_the_seed_table_compares_the_last_seed_with_the_first_on_the_same_documents():
+    def run(seed, loss, acc):
+        docs = {"id": ["d0", "d1", "d2", "d3"], "acc": acc}
+        return {"config": {"seed": seed}, "result": {"eval_loss": loss, "benchmarks": {"after": {"boolq": {
+            "documents": docs}}}}}
+
+    exp = Experiment.__new__(Experiment)
+    exp.tasks = ["boolq"]
+    exp.finals = {"adamw": [run(1, 2.25, [1, 0, 0, 0]), run(2, 2.5, [1, 1, 1, 0])], "sam": [run(1, 2.7, [0, 0, 0, 0])]}
+    lines = seed_lines(exp)
+    assert len(lines) == 3  # header, rule, adamw: one seed of sam has no spread to show
+    assert lines[2].startswith("| adamw | 1: 2.250, 2: 2.500 | 1: 25.0, 2: 75.0 | +50.0 [")
+    exp.finals["adamw"][1]["result"]["benchmarks"]["after"]["boolq"]["documents"]["id"] = ["d0", "d1", "d2", "x"]
+    with pytest.raises(ValueError, match="different documents"):
+        seed_lines(exp)
+    exp.finals = {"sam": exp.finals["sam"]}
+    assert seed_lines(exp) == []  # no table without a second seed
