@@ -324,8 +324,9 @@ def section(sweep: dict, records: list[dict], zero_shot_path: Path, cost_path: P
               ""]
     lines += difference_lines(exp)
     if spread := seed_lines(exp):
-        lines += ["", "The same optimizer and setting trained with another seed (the data order and LoRA's "
-                  "initialisation change), scored on the same documents:", "", *spread]
+        lines += ["", "The same optimizer and setting trained with another seed, scored on the same documents. The "
+                  "seed draws the held-out records, the data order and LoRA's initialisation: held-out losses "
+                  "compare across optimizers within a seed, not across seeds.", "", *spread]
     png = png_dir / f"lm_curves_{exp.name}.png"
     if curves_png(exp, png):
         lines += ["", f"![{exp.name}: training loss and tuning](results/{png.name})", "",
