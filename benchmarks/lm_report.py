@@ -80,13 +80,14 @@ class Experiment:
             if runs := [r for r in runs if r is not None]:
                 self.finals[name] = runs
 
-    def scores(self, name: str, task: str) -> tuple[list[str], np.ndarray] | None:
-        """Per-document scores of an optimizer (mean over its seeds) or of "zero-shot"; None if not measured."""
+    def scores(self, name: str, task: str, seeds: list[int] | None = None) -> tuple[list[str], np.ndarray] | None:
+        """Per-document scores of "zero-shot" or of an optimizer (the mean over its final runs, or over those of
+        `seeds`); None if not measured."""
         if name == "zero-shot":
             if self.zero_shot is None or task not in self.zero_shot.get("documents", {}):
                 return None
             return _documents(self.zero_shot["documents"][task], task)  # evaluate_lm.py's layout
-        runs = self.finals.get(name)
+        runs = [r for r in self.finals.get(name, []) if seeds is None or r["config"]["seed"] in seeds]
         if not runs:
             return None
         per_seed = [run_scores(r, task) for r in runs]
@@ -95,12 +96,19 @@ class Experiment:
             raise ValueError(f"{name}/{task}: the seeds' runs scored different documents")
         return ids, np.mean([s for _, s in per_seed], axis=0)
 
+    def common_seeds(self, name: str, base: str) -> list[int] | None:
+        """The seeds both have final runs of (all of one's, against zero-shot): a difference pairs the seeds too, so
+        one optimizer's extra seed does not read as a difference between optimizers."""
+        seeds = [sorted(r["config"]["seed"] for r in self.finals.get(n, [])) for n in (name, base) if n != "zero-shot"]
+        return sorted(set(seeds[0]).intersection(*seeds[1:])) if seeds else None
+
     def difference(self, name: str, base: str) -> dict | None:
-        """{task: (mean, low, high)} and "mean" over the tasks, of name − base in accuracy points, and "identical";
-        None if either is missing a task or they scored different documents."""
+        """{task: (mean, low, high)} and "mean" over the tasks, of name − base in accuracy points on their common
+        seeds, "identical" and "seeds"; None if either is missing a task or they share no seed."""
+        seeds = self.common_seeds(name, base)
         pairs = {}
         for task in self.tasks:
-            a, b = self.scores(name, task), self.scores(base, task)
+            a, b = self.scores(name, task, seeds), self.scores(base, task, seeds)
             if a is None or b is None:
                 return None
             if a[0] != b[0]:
@@ -109,6 +117,7 @@ class Experiment:
         out = {task: paired_bootstrap([d]) for task, d in pairs.items()}
         out["mean"] = paired_bootstrap(list(pairs.values()))
         out["identical"] = not any(d.any() for d in pairs.values())  # the same answer on every document
+        out["seeds"] = seeds
         return out
 
 
@@ -176,7 +185,8 @@ def difference_lines(exp: Experiment) -> list[str]:
                                                        f" {verdict(lo, hi)}") for m, lo, hi in
                  (diff[t] for t in [*exp.tasks, "mean"])]
         word = "identical on every document" if diff["identical"] else verdict(*diff["mean"][1:])
-        lines.append(f"| {name} − {base} | " + " | ".join(cells) + f" | **{word}** |")
+        seeds = f" (seed{'s' if len(diff['seeds']) > 1 else ''} {', '.join(map(str, diff['seeds']))})"
+        lines.append(f"| {name} − {base}{seeds} | " + " | ".join(cells) + f" | **{word}** |")
     return lines
 
 
@@ -320,8 +330,8 @@ def section(sweep: dict, records: list[dict], zero_shot_path: Path, cost_path: P
               f"({RESAMPLES:,} resamples of the documents; for the mean over the benchmarks, within each). The verdict "
               "is \"better\" or \"worse\" when the interval excludes 0, else \"not separable\". The interval covers "
               "which documents were drawn, not the training seed: run-to-run noise comes on top (the seed table "
-              "below, where an optimizer has several seeds; their scores above are the seeds' mean per document).",
-              ""]
+              "below, where an optimizer has several seeds). An optimizer's scores above are its seeds' mean per "
+              "document; a difference pairs the seeds both optimizers ran (in brackets).", ""]
     lines += difference_lines(exp)
     if spread := seed_lines(exp):
         lines += ["", "The same optimizer and setting trained with another seed, scored on the same documents. The "

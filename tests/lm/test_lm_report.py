@@ -55,33 +55,53 @@ def test_loss_gaps_subtract_the_baseline_at_the_same_step_only():
     assert loss_gaps(losses) == {"adasam": [(10, -0.25), (20, -0.5)]}  # step 30: no AdamW loss to compare with
 
 
+def final_run(seed: int, acc: list[int], loss: float = 2.0, ids=("d0", "d1", "d2", "d3")) -> dict:
+    """A final run's JSON as lm_report reads it: BoolQ scores on four documents."""
+    docs = {"id": list(ids), "acc": acc}
+    return {"config": {"seed": seed}, "result": {"eval_loss": loss, "benchmarks": {"after": {"boolq": {
+        "documents": docs}}}}}
+
+
+def experiment(finals: dict[str, list[dict]]) -> Experiment:
+    exp = Experiment.__new__(Experiment)
+    exp.tasks, exp.names, exp.sweep, exp.finals, exp.zero_shot = ["boolq"], list(finals), {}, finals, None
+    return exp
+
+
 def test_a_difference_of_zero_on_every_document_is_called_identical_and_a_cancelling_one_is_not():
     """AMSGrad gave AdamW's answer on every document in the LLM experiment; a +1/-1 pair that averages to 0 is a
     different fact (two models that disagree) and must not read the same."""
-    ids = ["d0", "d1", "d2", "d3"]
-    scores = {"adamw": [1.0, 0.0, 1.0, 0.0], "amsgrad": [1.0, 0.0, 1.0, 0.0], "adasam": [0.0, 1.0, 1.0, 0.0]}
-    exp = Experiment.__new__(Experiment)
-    exp.tasks, exp.names, exp.sweep = ["boolq"], list(scores), {}
-    exp.scores = lambda name, task: (ids, np.array(scores[name])) if name in scores else None
-    lines = difference_lines(exp)
-    assert lines[2].startswith("| amsgrad − adamw |") and lines[2].endswith("| **identical on every document** |")
-    assert lines[3].startswith("| adasam − adamw |") and lines[3].endswith("| **not separable** |")
+    lines = difference_lines(experiment({"adamw": [final_run(1, [1, 0, 1, 0])], "amsgrad": [final_run(1, [1, 0, 1, 0])],
+                                         "adasam": [final_run(1, [0, 1, 1, 0])]}))
+    assert lines[2].startswith("| amsgrad − adamw (seed 1) |")
+    assert lines[2].endswith("| **identical on every document** |")
+    assert lines[3].startswith("| adasam − adamw (seed 1) |") and lines[3].endswith("| **not separable** |")
     assert lines[-1].startswith("| adasam − zero-shot | not run |")  # no zero-shot scores in this report
 
 
-def test_the_seed_table_compares_the_last_seed_with_the_first_on_the_same_documents():
-    def run(seed, loss, acc):
-        docs = {"id": ["d0", "d1", "d2", "d3"], "acc": acc}
-        return {"config": {"seed": seed}, "result": {"eval_loss": loss, "benchmarks": {"after": {"boolq": {
-            "documents": docs}}}}}
+def test_a_difference_pairs_the_seeds_both_optimizers_ran():
+    """AdamW with a second seed (the LLM experiment's) must not make AMSGrad, run once, differ from it: AMSGrad's
+    seed 1 is compared with AdamW's seed 1; AdaSAM, with both seeds, with the mean of AdamW's two."""
+    exp = experiment({"adamw": [final_run(1, [1, 0, 1, 0]), final_run(2, [1, 1, 1, 1])],
+                      "amsgrad": [final_run(1, [1, 0, 1, 0])], "adasam": [final_run(1, [0, 0, 1, 0]),
+                                                                          final_run(2, [1, 1, 1, 0])]})
+    assert exp.common_seeds("amsgrad", "adamw") == [1]
+    assert exp.difference("amsgrad", "adamw")["identical"]
+    diff = exp.difference("adasam", "adamw")
+    assert diff["seeds"] == [1, 2]
+    assert diff["mean"][0] == pytest.approx(100 * (2 / 4 - 3 / 4))  # on average AdaSAM 2 of 4 right, AdamW 3
+    assert exp.common_seeds("adasam", "zero-shot") == [1, 2]
+    exp.finals["sam"] = [final_run(3, [1, 1, 1, 1])]
+    assert exp.difference("sam", "adamw") is None  # no seed in common: nothing paired to compare
 
-    exp = Experiment.__new__(Experiment)
-    exp.tasks = ["boolq"]
-    exp.finals = {"adamw": [run(1, 2.25, [1, 0, 0, 0]), run(2, 2.5, [1, 1, 1, 0])], "sam": [run(1, 2.7, [0, 0, 0, 0])]}
+
+def test_the_seed_table_compares_the_last_seed_with_the_first_on_the_same_documents():
+    exp = experiment({"adamw": [final_run(1, [1, 0, 0, 0], 2.25), final_run(2, [1, 1, 1, 0], 2.5)],
+                      "sam": [final_run(1, [0, 0, 0, 0], 2.7)]})
     lines = seed_lines(exp)
     assert len(lines) == 3  # header, rule, adamw: one seed of sam has no spread to show
     assert lines[2].startswith("| adamw | 1: 2.250, 2: 2.500 | 1: 25.0, 2: 75.0 | +50.0 [")
-    exp.finals["adamw"][1]["result"]["benchmarks"]["after"]["boolq"]["documents"]["id"] = ["d0", "d1", "d2", "x"]
+    exp.finals["adamw"][1] = final_run(2, [1, 1, 1, 0], 2.5, ids=("d0", "d1", "d2", "x"))
     with pytest.raises(ValueError, match="different documents"):
         seed_lines(exp)
     exp.finals = {"sam": exp.finals["sam"]}
