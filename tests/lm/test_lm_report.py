@@ -84,12 +84,14 @@ def test_a_difference_pairs_the_seeds_both_optimizers_ran():
     seed 1 is compared with AdamW's seed 1; AdaSAM, with both seeds, with the mean of AdamW's two."""
     exp = experiment({"adamw": [final_run(1, [1, 0, 1, 0]), final_run(2, [1, 1, 1, 1])],
                       "amsgrad": [final_run(1, [1, 0, 1, 0])], "adasam": [final_run(1, [0, 0, 1, 0]),
-                                                                          final_run(2, [1, 1, 1, 0])]})
+                                                                          final_run(2, [1, 1, 1, 1])]})
     assert exp.common_seeds("amsgrad", "adamw") == [1]
     assert exp.difference("amsgrad", "adamw")["identical"]
     diff = exp.difference("adasam", "adamw")
     assert diff["seeds"] == [1, 2]
-    assert diff["mean"][0] == pytest.approx(100 * (2 / 4 - 3 / 4))  # on average AdaSAM 2 of 4 right, AdamW 3
+    assert diff["mean"][0] == pytest.approx(100 * (2.5 / 4 - 3 / 4))  # on average AdaSAM 2.5 of 4 right, AdamW 3
+    assert diff["by_seed"] == {1: pytest.approx(-25.0), 2: pytest.approx(0.0)}  # 1 of 4 against 2, then 4 against 4
+    assert "by_seed" not in exp.difference("amsgrad", "adamw")  # one seed: the difference is its own
     assert exp.common_seeds("adasam", "zero-shot") == [1, 2]
     exp.finals["sam"] = [final_run(3, [1, 1, 1, 1])]
     assert exp.difference("sam", "adamw") is None  # no seed in common: nothing paired to compare
