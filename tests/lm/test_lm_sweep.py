@@ -69,10 +69,10 @@ def test_toy_lm_sweep_tunes_on_held_out_loss_scores_the_finals_and_resumes(tmp_p
     adamw_after = final_adamw["result"]["benchmarks"]["after"]
     adasam_after = next(r for r in finals if r["config"]["optimizer"] == "adasam" and "variant" not in r["config"])[
         "result"]["benchmarks"]["after"]
-    row = next(line for line in lines if line.startswith("| adasam − adamw |"))
+    row = next(line for line in lines if line.startswith("| adasam − adamw (seed 0) |"))
     gain = 100 * (adasam_after["boolq"]["acc"] - adamw_after["boolq"]["acc"])
     assert row.split("|")[3].strip().startswith(f"{gain:+.1f} ["), row
-    assert "| adasam-interval2 − adasam |" in text and "| adasam − sam |" not in text  # no sam in this plan
+    assert "| adasam-interval2 − adasam (seed 0) |" in text and "| adasam − sam" not in text  # no sam in this plan
     assert (tmp_path / "lm_curves_toy.png").stat().st_size > 10_000
     chosen = f"**learning_rate {final_adamw['config']['learning_rate']:g}** (chosen; learning_rate at the grid's edge)"
     assert chosen in text  # a grid of two: the choice is an edge, and the table says so
