@@ -53,11 +53,6 @@ def _documents(documents: dict, task: str) -> tuple[list[str], np.ndarray]:
     return documents["id"], np.asarray(documents[METRIC.get(task, OTHER_METRIC)], dtype=float)
 
 
-def run_scores(run: dict, task: str) -> tuple[list[str], np.ndarray]:
-    """(ids, per-document scores) of one final run on `task`."""
-    return _documents(run["result"]["benchmarks"]["after"][task]["documents"], task)
-
-
 class Experiment:
     """The final runs of each optimizer (and variant) of one lm_sweep plan, and the zero-shot scores."""
 
@@ -90,7 +85,7 @@ class Experiment:
         runs = [r for r in self.finals.get(name, []) if seeds is None or r["config"]["seed"] in seeds]
         if not runs:
             return None
-        per_seed = [run_scores(r, task) for r in runs]
+        per_seed = [_documents(r["result"]["benchmarks"]["after"][task]["documents"], task) for r in runs]
         ids = per_seed[0][0]
         if any(other != ids for other, _ in per_seed):
             raise ValueError(f"{name}/{task}: the seeds' runs scored different documents")
@@ -99,28 +94,37 @@ class Experiment:
     def common_seeds(self, name: str, base: str) -> list[int] | None:
         """The seeds both have final runs of (all of one's, against zero-shot): a difference pairs the seeds too, so
         one optimizer's extra seed does not read as a difference between optimizers."""
-        seeds = [sorted(r["config"]["seed"] for r in self.finals.get(n, [])) for n in (name, base) if n != "zero-shot"]
-        return sorted(set(seeds[0]).intersection(*seeds[1:])) if seeds else None
+        seeds = [{r["config"]["seed"] for r in self.finals.get(n, [])} for n in (name, base) if n != "zero-shot"]
+        return sorted(set.intersection(*seeds)) if seeds else None
+
+    def paired(self, name: str, base: str, seeds: list[int] | None, base_seeds: list[int] | None
+               ) -> dict[str, np.ndarray] | None:
+        """{task: per-document name − base in accuracy points}, name over `seeds` and base over `base_seeds`; None if
+        either is missing a task."""
+        pairs = {}
+        for task in self.tasks:
+            a, b = self.scores(name, task, seeds), self.scores(base, task, base_seeds)
+            if a is None or b is None:
+                return None
+            if a[0] != b[0]:
+                raise ValueError(f"{name} and {base} scored different documents of {task}: compare like with like")
+            pairs[task] = 100 * (a[1] - b[1])
+        return pairs
 
     def difference(self, name: str, base: str) -> dict | None:
         """{task: (mean, low, high)} and "mean" over the tasks, of name − base in accuracy points on their common
         seeds, "identical" and "seeds"; None if either is missing a task or they share no seed."""
         seeds = self.common_seeds(name, base)
-        pairs = {}
-        for task in self.tasks:
-            a, b = self.scores(name, task, seeds), self.scores(base, task, seeds)
-            if a is None or b is None:
-                return None
-            if a[0] != b[0]:
-                raise ValueError(f"{name} and {base} scored different {task} documents: compare like with like")
-            pairs[task] = 100 * (a[1] - b[1])
+        pairs = self.paired(name, base, seeds, seeds)
+        if pairs is None:
+            return None
         out = {task: paired_bootstrap([d]) for task, d in pairs.items()}
         out["mean"] = paired_bootstrap(list(pairs.values()))
         out["identical"] = not any(d.any() for d in pairs.values())  # the same answer on every document
         out["seeds"] = seeds
         if seeds and len(seeds) > 1:  # the same difference seed by seed: how much of it one training run moves
-            out["by_seed"] = {seed: np.mean([100 * (self.scores(name, t, [seed])[1] - self.scores(base, t, [seed])[1])
-                                             .mean() for t in self.tasks]) for seed in seeds}
+            out["by_seed"] = {seed: np.mean([d.mean() for d in self.paired(name, base, [seed], [seed]).values()])
+                              for seed in seeds}
         return out
 
 
@@ -202,16 +206,9 @@ def seed_lines(exp: Experiment) -> list[str]:
     for name, runs in exp.finals.items():
         if len(runs) < 2:
             continue
-        first, last = runs[0], runs[-1]
-        pairs = []
-        for task in exp.tasks:
-            (ids_a, a), (ids_b, b) = run_scores(first, task), run_scores(last, task)
-            if ids_a != ids_b:
-                raise ValueError(f"{name}/{task}: the seeds' runs scored different documents")
-            pairs.append(100 * (b - a))
-        mean, low, high = paired_bootstrap(pairs)
-        means = [np.mean([100 * run_scores(r, t)[1].mean() for t in exp.tasks]) for r in runs]
         seeds = [r["config"]["seed"] for r in runs]
+        mean, low, high = paired_bootstrap(list(exp.paired(name, name, seeds[-1:], seeds[:1]).values()))
+        means = [np.mean([100 * exp.scores(name, t, [s])[1].mean() for t in exp.tasks]) for s in seeds]
         lines.append(f"| {name} | " + ", ".join(f"{s}: {r['result']['eval_loss']:.3f}" for s, r in zip(seeds, runs))
                      + " | " + ", ".join(f"{s}: {m:.1f}" for s, m in zip(seeds, means))
                      + f" | {mean:+.1f} [{low:+.1f}, {high:+.1f}] | "
